@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Golden fixtures for chameleon-rs, made with HF transformers' own Chameleon.
+
+Needs torch, transformers (4.x or 5.x), safetensors and numpy in a local venv *outside* the repo:
+
+    python3 -m venv ~/venvs/chameleon-ref
+    ~/venvs/chameleon-ref/bin/pip install torch transformers safetensors numpy
+    ~/venvs/chameleon-ref/bin/python scripts/hf_reference.py fixtures
+
+Subcommands
+  fixtures       (re)write chameleon-model/tests/fixtures/hf/<case>/ : tiny random
+                 ChameleonForConditionalGeneration checkpoints plus golden.safetensors
+                 (input_ids int64 [B,T], logits f32 [B,T,V], raw: no image-token masking).
+  check-export   load a checkpoint that chameleon-rs exported with transformers, and compare
+                 its raw logits against a fixture's golden logits.
+
+CI never runs this script: it only reads the committed fixtures.
+"""
+import argparse
+import json
+import os
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "chameleon-model" / "tests" / "fixtures" / "hf"
+
+VOCAB = 128
+CODEBOOK = 32
+SPECIALS = {  # deliberately not Chameleon's real ids
+    "<s>": 0, "<pad>": 1, "</s>": 2, "<reserved08706>": 3,
+    "<racm3:break>": 100, "<eoss>": 101, "<image>": 102,
+}
+IMAGE_IDS = list(range(50, 50 + CODEBOOK))  # image codes do not start at 4 ...
+
+
+def image_name(code: int) -> str:
+    return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(code)) + "Z"
+
+
+def vocabulary_map(seed: int) -> dict:
+    rng = random.Random(seed)
+    ids = IMAGE_IDS[:]
+    rng.shuffle(ids)  # ... and are not in codebook order
+    vmap = dict(SPECIALS)
+    for code, tok in enumerate(ids):
+        vmap[image_name(code)] = tok
+    taken = set(vmap.values())
+    for tok in range(VOCAB):
+        if tok not in taken:
+            vmap[f"t{tok}"] = tok
+    return vmap
+
+
+# name, overrides, storage dtype, shard size, config.json flavour
+CASES = [
+    ("prenorm_mha", dict(num_attention_heads=4, num_key_value_heads=4), torch.float32, None, "native"),
+    ("swin_gqa_theta_sharded_v4config",
+     dict(swin_norm=True, num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0),
+     torch.float32, "150KB", "transformers4"),
+    ("prenorm_gqa8to2_bf16", dict(num_attention_heads=8, num_key_value_heads=2), torch.bfloat16, None, "native"),
+    ("swin_bias_f16", dict(swin_norm=True, num_attention_heads=4, num_key_value_heads=4, attention_bias=True,
+                          mlp_bias=True, rope_theta=1234.0), torch.float16, None, "native"),
+]
+
+
+def make_config(seed: int, overrides: dict) -> ChameleonConfig:
+    overrides = dict(overrides)
+    theta = overrides.pop("rope_theta", 10000.0)
+    kwargs = dict(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        max_position_embeddings=64, rms_norm_eps=1e-5, vocabulary_map=vocabulary_map(seed),
+        vq_config=dict(embed_dim=8, num_embeddings=CODEBOOK, double_latent=False, latent_channels=32,
+                       resolution=8, in_channels=3, base_channels=32, channel_multiplier=[1, 1],
+                       num_res_blocks=1, attn_resolutions=None, dropout=0.0),
+        bos_token_id=0, eos_token_id=2, pad_token_id=1,
+    )
+    kwargs.update(overrides)
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        kwargs["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    else:
+        kwargs["rope_theta"] = theta
+    return ChameleonConfig(**kwargs)
+
+
+@torch.no_grad()
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    """Random weights everywhere, norms included: HF's init (norm weight 1, bias 0) would hide a
+    per-head affine bug."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if "norm" in name and name.endswith("weight"):
+            p.copy_(1.0 + 0.3 * torch.randn(p.shape, generator=g))
+        elif "norm" in name and name.endswith("bias"):
+            p.copy_(0.3 * torch.randn(p.shape, generator=g))
+        else:
+            p.copy_(0.15 * torch.randn(p.shape, generator=g))
+
+
+@torch.no_grad()
+def raw_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
+    # HF's forward sets image-token logits to the f32 minimum; the golden logits are raw.
+    hidden = model.model(input_ids=input_ids).last_hidden_state
+    return model.lm_head(hidden).float()
+
+
+def write_fixtures() -> None:
+    FIXTURES.mkdir(parents=True, exist_ok=True)
+    for seed, (name, overrides, dtype, shard, flavour) in enumerate(CASES):
+        torch.manual_seed(seed)
+        config = make_config(seed, overrides)
+        config._attn_implementation = "eager"
+        model = ChameleonForConditionalGeneration(config).eval()
+        randomize(model, seed)
+        out = FIXTURES / name
+        for f in out.glob("*"):
+            f.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        save_kwargs = {"max_shard_size": shard} if shard else {}
+        model.to(dtype).save_pretrained(out, safe_serialization=True, **save_kwargs)
+        if flavour == "transformers4":
+            cfg = json.loads((out / "config.json").read_text())
+            params = cfg.pop("rope_parameters", None) or {}
+            cfg["rope_theta"] = params.get("rope_theta", cfg.get("rope_theta"))
+            cfg["rope_scaling"] = None
+            (out / "config.json").write_text(json.dumps(cfg, indent=2))
+        # The golden logits are what transformers computes when it loads the stored checkpoint
+        # in f32 (a fresh load: `Module.to(bf16)` would also round the RoPE inv_freq buffer).
+        model = ChameleonForConditionalGeneration.from_pretrained(
+            out, dtype=torch.float32, attn_implementation="eager").eval()
+        g = torch.Generator().manual_seed(100 + seed)
+        ids = torch.randint(0, VOCAB, (2, 12), generator=g)
+        ids[0, 3:7] = torch.tensor(IMAGE_IDS[:4])  # some image tokens in the stream
+        logits = raw_logits(model, ids)
+        save_file({"input_ids": ids.contiguous(), "logits": logits.contiguous()}, str(out / "golden.safetensors"))
+        if name == "prenorm_mha":  # the CLI test reads and writes .npy
+            np.save(out / "input_ids.npy", ids.numpy().astype(np.int64))
+        files = sorted(p.name for p in out.iterdir())
+        print(f"{name}: transformers {transformers.__version__}, {dtype}, files {files}")
+
+
+def check_export(exported: Path, golden: Path, tol: float) -> int:
+    model = ChameleonForConditionalGeneration.from_pretrained(exported, attn_implementation="eager").float().eval()
+    g = load_file(str(golden))
+    logits = raw_logits(model, g["input_ids"])
+    diff = (logits - g["logits"]).abs().max().item()
+    print(f"transformers {transformers.__version__} loaded {exported}: max |logit diff| = {diff:.3e} (tolerance {tol})")
+    return 0 if diff <= tol else 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("fixtures")
+    ce = sub.add_parser("check-export")
+    ce.add_argument("--exported", type=Path, required=True)
+    ce.add_argument("--golden", type=Path, required=True)
+    ce.add_argument("--tol", type=float, default=1e-4)
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if args.cmd == "fixtures":
+        write_fixtures()
+        return 0
+    return check_export(args.exported, args.golden, args.tol)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+//! `cargo xtask export`: rewrite a checkpoint from our module tree into HF's layout.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use burn::tensor::Device;
+use chameleon_model::checkpoint::{
+    ExportOptions, WeightDtype, load_hf_checkpoint, save_hf_checkpoint,
+};
+
+/// Loads `checkpoint`, then writes it to `output` in `dtype`, sharded when `shard_mb` is given.
+pub fn run(
+    checkpoint: &Path,
+    output: &Path,
+    dtype: WeightDtype,
+    shard_mb: Option<usize>,
+    device: &Device,
+) -> Result<()> {
+    let loaded = load_hf_checkpoint(checkpoint, device)?;
+    let vocab = loaded.vocab.with_context(|| {
+        format!(
+            "{}: has no `vocabulary_map`, which HF Chameleon needs",
+            checkpoint.join("config.json").display()
+        )
+    })?;
+    let options = ExportOptions {
+        dtype,
+        max_shard_bytes: shard_mb.map(|mb| mb * 1024 * 1024),
+    };
+    save_hf_checkpoint(
+        &loaded.model,
+        &vocab,
+        Some(&loaded.hf_config),
+        output,
+        options,
+    )?;
+    tracing::info!(output = %output.display(), "exported");
+    Ok(())
+}

@@ -43,7 +43,8 @@ pub fn read_ints(path: &Path) -> Result<NpyArray<i64>> {
     Ok(NpyArray { shape, data })
 }
 
-/// Reads a float array (`<f4`).
+/// Reads a float array (`<f4`). The CLI writes logits; its tests read them back with this.
+#[allow(dead_code)]
 pub fn read_f32(path: &Path) -> Result<NpyArray<f32>> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let (descr, shape, body) =

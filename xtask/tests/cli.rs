@@ -1,0 +1,155 @@
+//! The command line as a user runs it: real files in, real files out, clear errors.
+
+#[path = "../src/npy.rs"]
+#[allow(dead_code)]
+mod npy;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use safetensors::SafeTensors;
+
+fn fixture(case: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../chameleon-model/tests/fixtures/hf").join(case)
+}
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Golden `(ids, logits)` of a fixture, as flat vectors.
+fn golden(case: &str) -> (Vec<usize>, Vec<i64>, Vec<f32>) {
+    let bytes = std::fs::read(fixture(case).join("golden.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let ids = st.tensor("input_ids").unwrap();
+    let ids_v = ids.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+    let logits = st.tensor("logits").unwrap();
+    let shape = logits.shape().to_vec();
+    let v = logits.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+    (shape, ids_v, v)
+}
+
+/// An int32 `.npy` written the way NumPy does.
+fn write_i32_npy(path: &Path, shape: &[usize], data: &[i32]) {
+    let dims: Vec<String> = shape.iter().map(|d| format!("{d},")).collect();
+    let mut header = format!("{{'descr': '<i4', 'fortran_order': False, 'shape': ({}), }}", dims.join(" "));
+    let total = 10 + header.len() + 1;
+    header.push_str(&" ".repeat(total.next_multiple_of(64) - total));
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+fn assert_close(got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len());
+    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 1e-4, "max |logit diff| = {diff}");
+}
+
+#[test]
+fn logits_from_numpy_int64_ids_match_hf() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("logits.npy");
+    let ck = fixture("prenorm_mha");
+    let ids = ck.join("input_ids.npy");
+    let out = xtask(&["logits", "--checkpoint", ck.to_str().unwrap(), "--input", ids.to_str().unwrap(), "--output", out_path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (shape, _, want) = golden("prenorm_mha");
+    let got = npy::read_f32(&out_path).unwrap();
+    assert_eq!(got.shape, shape);
+    assert_close(&got.data, &want);
+}
+
+#[test]
+fn logits_of_a_sharded_checkpoint_from_int32_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let case = "swin_gqa_theta_sharded_v4config";
+    let (shape, ids, want) = golden(case);
+    let ids32: Vec<i32> = ids.iter().map(|&v| v as i32).collect();
+    let ids_path = dir.path().join("ids.npy");
+    write_i32_npy(&ids_path, &shape[..2], &ids32);
+    let out_path = dir.path().join("logits.npy");
+    let ck = fixture(case);
+    let out = xtask(&["logits", "--checkpoint", ck.to_str().unwrap(), "--input", ids_path.to_str().unwrap(), "--output", out_path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_close(&npy::read_f32(&out_path).unwrap().data, &want);
+}
+
+#[test]
+fn bad_inputs_fail_with_the_file_named_and_no_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = fixture("prenorm_mha");
+    let out_path = dir.path().join("logits.npy");
+    let run = |ck: &Path, ids: &Path| {
+        let out = xtask(&["logits", "--checkpoint", ck.to_str().unwrap(), "--input", ids.to_str().unwrap(), "--output", out_path.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(!err.contains("panicked"), "{err}");
+        err
+    };
+    // An id outside the vocabulary (128).
+    let ids = dir.path().join("big.npy");
+    write_i32_npy(&ids, &[1, 3], &[5, 128, 7]);
+    let err = run(&ck, &ids);
+    assert!(err.contains("128") && err.contains("big.npy") && err.contains("[0, 1]"), "{err}");
+    // Ids of the wrong rank, and of the wrong dtype.
+    let ids = dir.path().join("flat.npy");
+    write_i32_npy(&ids, &[3], &[1, 2, 3]);
+    let err = run(&ck, &ids);
+    assert!(err.contains("flat.npy") && err.contains("[batch, seq]"), "{err}");
+    let ids = dir.path().join("float.npy");
+    npy::write_f32(&ids, &[1, 3], &[1.0, 2.0, 3.0]).unwrap();
+    let err = run(&ck, &ids);
+    assert!(err.contains("float.npy") && err.contains("<f4"), "{err}");
+    // A truncated weights file.
+    let bad = dir.path().join("ck");
+    std::fs::create_dir(&bad).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(ck.join(f), bad.join(f)).unwrap();
+    }
+    let weights = bad.join("model.safetensors");
+    let bytes = std::fs::read(&weights).unwrap();
+    std::fs::write(&weights, &bytes[..bytes.len() - 8]).unwrap();
+    let err = run(&bad, &ck.join("input_ids.npy"));
+    assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
+    // A missing checkpoint directory.
+    let err = run(&dir.path().join("nowhere"), &ck.join("input_ids.npy"));
+    assert!(err.contains("nowhere") && err.contains("config.json"), "{err}");
+}
+
+#[test]
+fn export_writes_a_checkpoint_that_logits_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let exported = dir.path().join("bf16");
+    let ck = fixture("prenorm_gqa8to2_bf16");
+    let out = xtask(&["export", "--checkpoint", ck.to_str().unwrap(), "--output", exported.to_str().unwrap(), "--dtype", "bf16"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (shape, ids, want) = golden("prenorm_gqa8to2_bf16");
+    let ids_path = dir.path().join("ids.npy");
+    write_i32_npy(&ids_path, &shape[..2], &ids.iter().map(|&v| v as i32).collect::<Vec<_>>());
+    let out_path = dir.path().join("logits.npy");
+    let out = xtask(&["logits", "--checkpoint", exported.to_str().unwrap(), "--input", ids_path.to_str().unwrap(), "--output", out_path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_close(&npy::read_f32(&out_path).unwrap().data, &want);
+}
+
+#[test]
+fn commands_not_built_yet_or_not_compiled_in_say_so() {
+    let out = xtask(&["ablate"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("issue #5"), "{}", stderr(&out));
+    if !cfg!(feature = "cuda") {
+        let out = xtask(&["--device", "cuda", "ablate"]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("--features cuda"), "{}", stderr(&out));
+    }
+}

@@ -31,6 +31,7 @@ pub fn run(
         &loaded.model,
         &vocab,
         Some(&loaded.hf_config),
+        &loaded.vq_tensors,
         output,
         options,
     )?;

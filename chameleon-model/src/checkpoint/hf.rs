@@ -30,6 +30,9 @@ pub struct HfCheckpoint {
     pub vocab: Option<VocabLayout>,
     /// config.json as read; export carries its other fields (such as `vq_config`) through.
     pub hf_config: Value,
+    /// The image tokenizer's tensors (`model.vqmodel.*`), kept as stored so that an export
+    /// carries them through unchanged.
+    pub vq_tensors: Vec<NamedTensor>,
 }
 
 /// How to write a checkpoint.
@@ -205,10 +208,24 @@ pub fn load_hf_checkpoint(dir: &Path, device: &Device) -> Result<HfCheckpoint, C
             ),
         ));
     }
+    let mut vq_tensors = Vec::new();
+    for name in files
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("model.vqmodel."))
+    {
+        let shape = files.shape(name).expect("listed").to_vec();
+        vq_tensors.push(NamedTensor {
+            name: name.to_string(),
+            values: files.read_f32(name, &shape)?,
+            shape,
+        });
+    }
     Ok(HfCheckpoint {
         model,
         vocab,
         hf_config,
+        vq_tensors,
     })
 }
 
@@ -415,11 +432,13 @@ fn state_dict(model: &Chameleon) -> Vec<NamedTensor> {
 
 /// Writes `model` as an HF Chameleon checkpoint directory that transformers loads with
 /// `ChameleonForConditionalGeneration.from_pretrained`. `base_config` (the imported config.json)
-/// supplies fields this toolkit does not own, such as `vq_config`.
+/// supplies fields this toolkit does not own, such as `vq_config`; `extra` tensors (such as the
+/// imported `vq_tensors`) are written beside the model's.
 pub fn save_hf_checkpoint(
     model: &Chameleon,
     vocab: &VocabLayout,
     base_config: Option<&Value>,
+    extra: &[NamedTensor],
     dir: &Path,
     options: ExportOptions,
 ) -> Result<(), CheckpointError> {
@@ -485,12 +504,9 @@ pub fn save_hf_checkpoint(
             "exporting a model without QK-norm: HF transformers always applies QK-norm and cannot load it faithfully"
         );
     }
-    write_checkpoint_weights(
-        dir,
-        &state_dict(model),
-        options.dtype,
-        options.max_shard_bytes,
-    )?;
+    let mut tensors = state_dict(model);
+    tensors.extend(extra.iter().cloned());
+    write_checkpoint_weights(dir, &tensors, options.dtype, options.max_shard_bytes)?;
     let text = serde_json::to_string_pretty(&config).expect("JSON");
     write_atomic(&dir.join("config.json"), |tmp| std::fs::write(tmp, &text))
 }

@@ -245,6 +245,7 @@ impl MappedFile {
 }
 
 /// One named tensor to write: f32 values, converted to the file's dtype on write.
+#[derive(Debug, Clone)]
 pub struct NamedTensor {
     /// State-dict name.
     pub name: String,

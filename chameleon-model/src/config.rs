@@ -127,20 +127,20 @@ impl ChameleonConfig {
                 return Err(format!("`{name}` must be at least 1"));
             }
         }
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return Err(format!(
                 "`n_heads` = {} does not divide `d_model` = {}",
                 self.n_heads, self.d_model
             ));
         }
         let kv = self.kv_heads();
-        if kv == 0 || self.n_heads % kv != 0 {
+        if kv == 0 || !self.n_heads.is_multiple_of(kv) {
             return Err(format!(
                 "`n_kv_heads` = {kv} must be at least 1 and divide `n_heads` = {}",
                 self.n_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(format!(
                 "head_dim = d_model / n_heads = {} must be even for RoPE",
                 self.head_dim()

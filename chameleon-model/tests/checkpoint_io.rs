@@ -20,8 +20,7 @@ fn copy_fixture(case: &str, to: &Path) {
 
 fn load_err(dir: &Path) -> String {
     load_hf_checkpoint(dir, &Device::flex())
-        .err()
-        .expect("load must fail")
+        .expect_err("load must fail")
         .to_string()
 }
 

@@ -22,12 +22,19 @@ pub fn parse(name: &str) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda(index: usize) -> Result<Device> {
+    // burn loads libcuda lazily and panics at the first tensor op when it is missing; ask first.
+    // SAFETY: only tries to dlopen the driver library.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        bail!(
+            "--device cuda:{index}: no NVIDIA driver (libcuda.so) found on this machine; use --device cpu"
+        );
+    }
     Ok(Device::cuda(index))
 }
 
 #[cfg(not(feature = "cuda"))]
 fn cuda(_index: usize) -> Result<Device> {
     bail!(
-        "this binary was built without CUDA; rebuild with `cargo xtask --features cuda ...` (see README, CUDA)"
+        "this binary was built without CUDA; rebuild with `cargo run -p xtask --features cuda -- ...` (README, \"Devices and CUDA\")"
     )
 }

@@ -11,6 +11,10 @@ Subcommands
   fixtures       (re)write chameleon-model/tests/fixtures/hf/<case>/ : tiny random
                  ChameleonForConditionalGeneration checkpoints plus golden.safetensors
                  (input_ids int64 [B,T], logits f32 [B,T,V], raw: no image-token masking).
+  vq-fixtures    (re)write chameleon-model/tests/fixtures/vq/<case>/ : tiny HF checkpoints whose
+                 VQ-VAE encoder is HF's ChameleonVQVAE, a decoder.safetensors for the decoder
+                 restated below from Meta's vqgan.py, and golden.safetensors (pixels, encoder
+                 output, latent, codes, decoded pixels).
   check-export   load a checkpoint that chameleon-rs exported with transformers, and compare
                  its raw logits against a fixture's golden logits.
 
@@ -146,6 +150,152 @@ def write_fixtures() -> None:
         print(f"{name}: transformers {transformers.__version__}, {dtype}, files {files}")
 
 
+# ---------------------------------------------------------------------------------------------
+# The VQGAN decoder, restated from Meta's chameleon/inference/vqgan.py (taming-transformers).
+# HF's Chameleon has no decoder, so this is the reference for ours. Module names match Meta's.
+
+def _normalize(c):
+    return torch.nn.GroupNorm(num_groups=32, num_channels=c, eps=1e-6, affine=True)
+
+
+def _swish(x):
+    return x * torch.sigmoid(x)
+
+
+class RefResnetBlock(torch.nn.Module):
+    def __init__(self, c_in, c_out):
+        super().__init__()
+        self.norm1, self.conv1 = _normalize(c_in), torch.nn.Conv2d(c_in, c_out, 3, 1, 1)
+        self.norm2, self.conv2 = _normalize(c_out), torch.nn.Conv2d(c_out, c_out, 3, 1, 1)
+        if c_in != c_out:
+            self.nin_shortcut = torch.nn.Conv2d(c_in, c_out, 1, 1, 0)
+
+    def forward(self, x):
+        h = self.conv1(_swish(self.norm1(x)))
+        h = self.conv2(_swish(self.norm2(h)))  # dropout 0
+        return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
+
+
+class RefAttnBlock(torch.nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.norm = _normalize(c)
+        self.q, self.k, self.v, self.proj_out = (torch.nn.Conv2d(c, c, 1) for _ in range(4))
+
+    def forward(self, x):
+        h_ = self.norm(x)
+        q, k, v = self.q(h_), self.k(h_), self.v(h_)
+        b, c, h, w = q.shape
+        q = q.reshape(b, c, h * w).permute(0, 2, 1)
+        k = k.reshape(b, c, h * w)
+        w_ = torch.nn.functional.softmax(torch.bmm(q, k) * (int(c) ** (-0.5)), dim=2)
+        h_ = torch.bmm(v.reshape(b, c, h * w), w_.permute(0, 2, 1)).reshape(b, c, h, w)
+        return x + self.proj_out(h_)
+
+
+class RefUpsample(torch.nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(c, c, 3, 1, 1)
+
+    def forward(self, x):
+        return self.conv(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class RefDecoder(torch.nn.Module):
+    def __init__(self, *, ch, out_ch, ch_mult, num_res_blocks, attn_resolutions, resolution, z_channels):
+        super().__init__()
+        self.num_resolutions, self.num_res_blocks = len(ch_mult), num_res_blocks
+        block_in = ch * ch_mult[-1]
+        curr_res = resolution // 2 ** (self.num_resolutions - 1)
+        self.conv_in = torch.nn.Conv2d(z_channels, block_in, 3, 1, 1)
+        self.mid = torch.nn.Module()
+        self.mid.block_1 = RefResnetBlock(block_in, block_in)
+        self.mid.attn_1 = RefAttnBlock(block_in)
+        self.mid.block_2 = RefResnetBlock(block_in, block_in)
+        self.up = torch.nn.ModuleList()
+        for i_level in reversed(range(self.num_resolutions)):
+            block, attn = torch.nn.ModuleList(), torch.nn.ModuleList()
+            block_out = ch * ch_mult[i_level]
+            for _ in range(num_res_blocks + 1):
+                block.append(RefResnetBlock(block_in, block_out))
+                block_in = block_out
+                if curr_res in attn_resolutions:
+                    attn.append(RefAttnBlock(block_in))
+            up = torch.nn.Module()
+            up.block, up.attn = block, attn
+            if i_level != 0:
+                up.upsample = RefUpsample(block_in)
+                curr_res *= 2
+            self.up.insert(0, up)
+        self.norm_out = _normalize(block_in)
+        self.conv_out = torch.nn.Conv2d(block_in, out_ch, 3, 1, 1)
+
+    def forward(self, z):
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(self.conv_in(z))))
+        for i_level in reversed(range(self.num_resolutions)):
+            for i_block in range(self.num_res_blocks + 1):
+                h = self.up[i_level].block[i_block](h)
+                if len(self.up[i_level].attn) > 0:
+                    h = self.up[i_level].attn[i_block](h)
+            if i_level != 0:
+                h = self.up[i_level].upsample(h)
+        return self.conv_out(_swish(self.norm_out(h)))
+
+
+VQ_FIXTURES = ROOT / "chameleon-model" / "tests" / "fixtures" / "vq"
+
+# name, vq_config, decoder key prefix in decoder.safetensors
+VQ_CASES = [
+    # attention at 16x16 and 8x8, channel change 32 -> 64 (nin_shortcut), latent 32 != embed 16, 2 res blocks
+    ("attn_nin_latent_ne_embed", dict(resolution=16, base_channels=32, channel_multiplier=[1, 2],
+                                      num_res_blocks=2, attn_resolutions=[16, 8], latent_channels=32,
+                                      embed_dim=16, num_embeddings=64), "decoder."),
+    ("plain_one_block", dict(resolution=16, base_channels=32, channel_multiplier=[1, 1],
+                             num_res_blocks=1, attn_resolutions=None, latent_channels=64,
+                             embed_dim=64, num_embeddings=32), "model.vqmodel.decoder."),
+]
+
+
+def write_vq_fixtures() -> None:
+    for seed, (name, vq, dec_prefix) in enumerate(VQ_CASES):
+        torch.manual_seed(1000 + seed)
+        config = make_config(seed, {"num_attention_heads": 4, "num_key_value_heads": 4})
+        config.vq_config = transformers.models.chameleon.configuration_chameleon.ChameleonVQVAEConfig(
+            in_channels=3, double_latent=False, dropout=0.0, **vq)
+        model = ChameleonForConditionalGeneration(config).eval()
+        randomize(model, 1000 + seed)
+        vqm = model.model.vqmodel
+        with torch.no_grad():  # a codebook on the scale of the latents, so codes spread out
+            vqm.quantize.embedding.weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(seed))
+        decoder = RefDecoder(ch=vq["base_channels"], out_ch=3, ch_mult=vq["channel_multiplier"],
+                             num_res_blocks=vq["num_res_blocks"], attn_resolutions=vq["attn_resolutions"] or [],
+                             resolution=vq["resolution"], z_channels=vq["latent_channels"]).eval()
+        randomize(decoder, 2000 + seed)
+        out = VQ_FIXTURES / name
+        out.mkdir(parents=True, exist_ok=True)
+        for f in out.glob("*"):
+            f.unlink()
+        model.save_pretrained(out, safe_serialization=True)
+        save_file({dec_prefix + k: v.contiguous() for k, v in decoder.state_dict().items()}, str(out / "decoder.safetensors"))
+        g = torch.Generator().manual_seed(3000 + seed)
+        pixels = torch.rand((2, 3, vq["resolution"], vq["resolution"]), generator=g) * 2 - 1
+        with torch.no_grad():
+            encoder_out = vqm.encoder(pixels.clone())
+            latent = vqm.quant_conv(encoder_out)
+            _, _, codes = vqm.quantize(latent)
+            codes = codes.reshape(pixels.shape[0], -1)
+            r = latent.shape[-1]
+            z_q = vqm.quantize.embedding(codes).reshape(pixels.shape[0], r, r, -1).permute(0, 3, 1, 2)
+            decoded = decoder(vqm.post_quant_conv(z_q))
+        save_file({"pixels": pixels, "encoder_out": encoder_out.contiguous(), "latent": latent.contiguous(),
+                   "codes": codes.to(torch.int64).contiguous(), "decoded": decoded.contiguous()},
+                  str(out / "golden.safetensors"))
+        np.save(out / "pixels.npy", pixels.numpy().astype(np.float32))
+        used = len(set(codes.flatten().tolist()))
+        print(f"{name}: latent {tuple(latent.shape)}, {used} distinct codes of {vq['num_embeddings']}")
+
+
 def check_export(exported: Path, golden: Path, tol: float) -> int:
     model = ChameleonForConditionalGeneration.from_pretrained(exported, attn_implementation="eager").float().eval()
     g = load_file(str(golden))
@@ -159,6 +309,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("fixtures")
+    sub.add_parser("vq-fixtures")
     ce = sub.add_parser("check-export")
     ce.add_argument("--exported", type=Path, required=True)
     ce.add_argument("--golden", type=Path, required=True)
@@ -167,6 +318,9 @@ def main() -> int:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     if args.cmd == "fixtures":
         write_fixtures()
+        return 0
+    if args.cmd == "vq-fixtures":
+        write_vq_fixtures()
         return 0
     return check_export(args.exported, args.golden, args.tol)
 

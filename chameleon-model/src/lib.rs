@@ -23,6 +23,7 @@ mod model;
 mod norm;
 mod rope;
 pub mod vocab;
+pub mod vq;
 
 pub use config::{ChameleonConfig, NormPlacement};
 pub use model::{Chameleon, Diagnostics, KvCache, log_sum_exp};

@@ -7,9 +7,11 @@
 mod error;
 mod hf;
 mod safetensors_files;
+mod vq;
 
 pub use error::CheckpointError;
 pub use hf::{ExportOptions, HfCheckpoint, load_hf_checkpoint, read_hf_config, save_hf_checkpoint};
 pub use safetensors_files::{
     INDEX_FILE, NamedTensor, SINGLE_FILE, SafetensorsFiles, WeightDtype, write_checkpoint_weights,
 };
+pub use vq::{VQ_CONFIG_FILE, VQ_WEIGHTS_FILE, load_vq_checkpoint, save_vq_checkpoint};

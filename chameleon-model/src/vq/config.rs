@@ -1,0 +1,111 @@
+//! Shape of the VQGAN image tokenizer (taming-transformers layout, as Chameleon uses it).
+
+use burn::config::Config;
+
+/// Configuration of the VQ-VAE image tokenizer. Field names follow HF's `ChameleonVQVAEConfig`.
+///
+/// Chameleon's released tokenizer: resolution 512, base 128, multipliers [1, 1, 2, 2, 4],
+/// 2 res-blocks, no attention outside the middle, latent 256, embed 256, 8192 codes: a
+/// 512×512 image becomes 32×32 = 1024 codes.
+#[derive(Config, Debug, PartialEq)]
+pub struct VqConfig {
+    /// Side of the square input image, in pixels.
+    #[config(default = 512)]
+    pub resolution: usize,
+    /// Image channels (3 for RGB).
+    #[config(default = 3)]
+    pub in_channels: usize,
+    /// Channels of the first level; every level's channels must be a multiple of 32 (GroupNorm).
+    #[config(default = 128)]
+    pub base_channels: usize,
+    /// Channel multiplier of each level; `len - 1` halvings of the resolution.
+    #[config(default = "vec![1, 1, 2, 2, 4]")]
+    pub channel_multiplier: Vec<usize>,
+    /// Residual blocks per encoder level (the decoder has one more).
+    #[config(default = 2)]
+    pub num_res_blocks: usize,
+    /// Resolutions (feature-map sides) at which attention blocks follow the residual blocks.
+    #[config(default = "vec![]")]
+    pub attn_resolutions: Vec<usize>,
+    /// Channels of the encoder output / decoder input.
+    #[config(default = 256)]
+    pub latent_channels: usize,
+    /// Width of a codebook vector.
+    #[config(default = 256)]
+    pub embed_dim: usize,
+    /// Number of codebook entries.
+    #[config(default = 8192)]
+    pub num_embeddings: usize,
+    /// Weight of the commitment term of the legacy VQ loss.
+    #[config(default = 0.25)]
+    pub beta: f64,
+}
+
+impl VqConfig {
+    /// Side of the latent grid: `resolution / 2^(levels - 1)`.
+    pub fn latent_size(&self) -> usize {
+        self.resolution >> (self.channel_multiplier.len().saturating_sub(1))
+    }
+
+    /// Codes per image: `latent_size²`.
+    pub fn codes_per_image(&self) -> usize {
+        self.latent_size() * self.latent_size()
+    }
+
+    /// Checks that the config builds a network. The message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.channel_multiplier.is_empty() || self.channel_multiplier.contains(&0) {
+            return Err("`channel_multiplier` must be a non-empty list of positive numbers".into());
+        }
+        for (name, v) in [
+            ("in_channels", self.in_channels),
+            ("num_res_blocks", self.num_res_blocks),
+            ("latent_channels", self.latent_channels),
+            ("embed_dim", self.embed_dim),
+            ("num_embeddings", self.num_embeddings),
+        ] {
+            if v == 0 {
+                return Err(format!("`{name}` must be at least 1"));
+            }
+        }
+        let halvings = self.channel_multiplier.len() - 1;
+        if self.resolution == 0 || !self.resolution.is_multiple_of(1 << halvings) {
+            return Err(format!(
+                "`resolution` = {} must be a positive multiple of 2^{halvings} (one halving per level after the first)",
+                self.resolution
+            ));
+        }
+        for m in &self.channel_multiplier {
+            if !(self.base_channels * m).is_multiple_of(32) || self.base_channels == 0 {
+                return Err(format!(
+                    "`base_channels` × multiplier = {} is not a positive multiple of 32 (GroupNorm uses 32 groups)",
+                    self.base_channels * m
+                ));
+            }
+        }
+        if !self.latent_channels.is_multiple_of(32) {
+            return Err(format!(
+                "`latent_channels` = {} must be a multiple of 32",
+                self.latent_channels
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chameleon_default_gives_1024_codes_for_512_pixels() {
+        let c = VqConfig::new();
+        assert_eq!(c.latent_size(), 32);
+        assert_eq!(c.codes_per_image(), 1024);
+        assert!(c.validate().is_ok());
+        let bad = VqConfig::new().with_base_channels(48);
+        assert!(bad.validate().unwrap_err().contains("base_channels"));
+        let bad = VqConfig::new().with_resolution(100);
+        assert!(bad.validate().unwrap_err().contains("resolution"));
+    }
+}

@@ -5,6 +5,10 @@
 //! masks and the built-in corpus. It builds on the vocabulary layout of
 //! [`chameleon_model::VocabLayout`].
 //!
-//! This crate is empty until issue #4 lands; the workspace already has its place.
+//! Today it holds image pre- and postprocessing ([`image`]) and the image side of the built-in
+//! corpus ([`emoji`]); the text side, sources and packing land with issue #4.
+
+pub mod emoji;
+pub mod image;
 
 pub use chameleon_model::VocabLayout;

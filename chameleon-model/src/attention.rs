@@ -56,11 +56,7 @@ impl Attention {
         let hd = q.dims()[2] / h;
         let q = q.reshape([b, t, h, hd]);
         let k = self.k_proj.forward(x.clone()).reshape([b, t, kvh, hd]);
-        let v = self
-            .v_proj
-            .forward(x)
-            .reshape([b, t, kvh, hd])
-            .swap_dims(1, 2);
+        let v = self.v_proj.forward(x).reshape([b, t, kvh, hd]).swap_dims(1, 2);
         let q = match &self.q_norm {
             Some(norm) => norm.forward(q),
             None => q,
@@ -87,29 +83,20 @@ impl Attention {
 
         let dropout_active = self.attn_dropout.prob > 0.0 && q.device().is_autodiff();
         let context = if max_logit.is_none() && !dropout_active {
-            let options = AttentionModuleOptions {
-                is_causal: true,
-                ..Default::default()
-            };
+            let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
             attention(q, k, v, None, None, options)
         } else {
             let s = k.dims()[2];
-            let scores = q
-                .matmul(k.swap_dims(2, 3))
-                .mul_scalar((hd as f64).powf(-0.5));
+            let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((hd as f64).powf(-0.5));
             // Query i sits at position s - t + i and sees keys 0..=s - t + i.
             let mask = Tensor::<2, Bool>::tril_mask([t, s], (s - t) as i64, &scores.device());
-            let scores = scores.mask_fill(
-                mask.unsqueeze::<4>().expand([b, h, t, s]),
-                f32::NEG_INFINITY,
-            );
+            let scores = scores.mask_fill(mask.unsqueeze::<4>().expand([b, h, t, s]), f32::NEG_INFINITY);
             if let Some(out) = max_logit {
                 out.push(scores.clone().detach().max());
             }
             self.attn_dropout.forward(softmax(scores, 3)).matmul(v)
         };
-        self.o_proj
-            .forward(context.swap_dims(1, 2).reshape([b, t, h * hd]))
+        self.o_proj.forward(context.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
 }
 
@@ -131,9 +118,7 @@ fn repeat_kv(x: Tensor<4>, rep: usize) -> Tensor<4> {
         return x;
     }
     let [b, kvh, s, hd] = x.dims();
-    x.unsqueeze_dim::<5>(2)
-        .expand([b, kvh, rep, s, hd])
-        .reshape([b, kvh * rep, s, hd])
+    x.unsqueeze_dim::<5>(2).expand([b, kvh, rep, s, hd]).reshape([b, kvh * rep, s, hd])
 }
 
 #[cfg(test)]
@@ -145,16 +130,9 @@ mod tests {
     fn gqa_maps_query_head_to_kv_head_by_integer_division() {
         let device = Device::flex();
         // 2 kv heads with distinct constant values, 6 query heads -> rep 3.
-        let kv = Tensor::<1>::from_floats([10.0, 20.0], &device)
-            .reshape([1, 2, 1, 1])
-            .expand([1, 2, 4, 3]);
+        let kv = Tensor::<1>::from_floats([10.0, 20.0], &device).reshape([1, 2, 1, 1]).expand([1, 2, 4, 3]);
         let out = repeat_kv(kv, 3);
-        let heads: Vec<f32> = out
-            .narrow(2, 0, 1)
-            .narrow(3, 0, 1)
-            .into_data()
-            .try_to_vec()
-            .unwrap();
+        let heads: Vec<f32> = out.narrow(2, 0, 1).narrow(3, 0, 1).into_data().try_to_vec().unwrap();
         let expected: Vec<f32> = (0..6).map(|h| [10.0, 20.0][h / 3]).collect();
         assert_eq!(heads, expected);
     }

@@ -97,17 +97,9 @@ impl ChameleonConfig {
         let (d, hd) = (self.d_model, self.head_dim());
         let kv = self.kv_heads() * hd;
         let ffn = self.ffn_hidden();
-        let attn_bias = if self.attention_bias {
-            2 * d + 2 * kv
-        } else {
-            0
-        };
+        let attn_bias = if self.attention_bias { 2 * d + 2 * kv } else { 0 };
         let mlp_bias = if self.mlp_bias { 2 * ffn + d } else { 0 };
-        let qk_norm = if self.qk_norm {
-            2 * (self.n_heads + self.kv_heads()) * hd
-        } else {
-            0
-        };
+        let qk_norm = if self.qk_norm { 2 * (self.n_heads + self.kv_heads()) * hd } else { 0 };
         let layer = 2 * d * d + 2 * d * kv + 3 * d * ffn + 2 * d + attn_bias + mlp_bias + qk_norm;
         2 * self.vocab_size * d + self.n_layers * layer + d
     }
@@ -128,31 +120,19 @@ impl ChameleonConfig {
             }
         }
         if !self.d_model.is_multiple_of(self.n_heads) {
-            return Err(format!(
-                "`n_heads` = {} does not divide `d_model` = {}",
-                self.n_heads, self.d_model
-            ));
+            return Err(format!("`n_heads` = {} does not divide `d_model` = {}", self.n_heads, self.d_model));
         }
         let kv = self.kv_heads();
         if kv == 0 || !self.n_heads.is_multiple_of(kv) {
-            return Err(format!(
-                "`n_kv_heads` = {kv} must be at least 1 and divide `n_heads` = {}",
-                self.n_heads
-            ));
+            return Err(format!("`n_kv_heads` = {kv} must be at least 1 and divide `n_heads` = {}", self.n_heads));
         }
         if !self.head_dim().is_multiple_of(2) {
-            return Err(format!(
-                "head_dim = d_model / n_heads = {} must be even for RoPE",
-                self.head_dim()
-            ));
+            return Err(format!("head_dim = d_model / n_heads = {} must be even for RoPE", self.head_dim()));
         }
         if self.ffn_dim == Some(0) {
             return Err("`ffn_dim` must be at least 1".into());
         }
-        for (name, p) in [
-            ("residual_dropout", self.residual_dropout),
-            ("attention_dropout", self.attention_dropout),
-        ] {
+        for (name, p) in [("residual_dropout", self.residual_dropout), ("attention_dropout", self.attention_dropout)] {
             if !(0.0..1.0).contains(&p) {
                 return Err(format!("`{name}` = {p} must lie in [0, 1)"));
             }

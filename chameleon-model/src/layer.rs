@@ -50,29 +50,15 @@ impl DecoderLayer {
         };
         let out = match self.norm_placement {
             NormPlacement::PreNorm => {
-                let a = self.self_attn.forward(
-                    self.input_layernorm.forward(x.clone()),
-                    rope,
-                    cache,
-                    max_logit,
-                );
+                let a = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, cache, max_logit);
                 let h = x + self.resid_dropout.forward(a);
-                let f = self
-                    .mlp
-                    .forward(self.post_attention_layernorm.forward(h.clone()));
+                let f = self.mlp.forward(self.post_attention_layernorm.forward(h.clone()));
                 h + self.resid_dropout.forward(f)
             }
             NormPlacement::Reordered => {
-                let a = self.input_layernorm.forward(self.self_attn.forward(
-                    x.clone(),
-                    rope,
-                    cache,
-                    max_logit,
-                ));
+                let a = self.input_layernorm.forward(self.self_attn.forward(x.clone(), rope, cache, max_logit));
                 let h = x + self.resid_dropout.forward(a);
-                let f = self
-                    .post_attention_layernorm
-                    .forward(self.mlp.forward(h.clone()));
+                let f = self.post_attention_layernorm.forward(self.mlp.forward(h.clone()));
                 h + self.resid_dropout.forward(f)
             }
         };

@@ -48,9 +48,7 @@ pub struct KvCache {
 impl KvCache {
     /// An empty cache for a model.
     pub fn new(model: &Chameleon) -> Self {
-        Self {
-            layers: vec![LayerKv::default(); model.layers.len()],
-        }
+        Self { layers: vec![LayerKv::default(); model.layers.len()] }
     }
 
     /// Positions already in the cache.
@@ -71,16 +69,10 @@ impl ChameleonConfig {
         if let Err(e) = self.validate() {
             panic!("invalid ChameleonConfig: {e}");
         }
-        let init = Initializer::Normal {
-            mean: 0.0,
-            std: self.init_std,
-        };
+        let init = Initializer::Normal { mean: 0.0, std: self.init_std };
         let (d, hd, h, kvh) = (self.d_model, self.head_dim(), self.n_heads, self.kv_heads());
         let linear = |i: usize, o: usize, bias: bool| {
-            LinearConfig::new(i, o)
-                .with_bias(bias)
-                .with_initializer(init.clone())
-                .init(device)
+            LinearConfig::new(i, o).with_bias(bias).with_initializer(init.clone()).init(device)
         };
         let layers = (0..self.n_layers)
             .map(|_| DecoderLayer {
@@ -89,12 +81,8 @@ impl ChameleonConfig {
                     k_proj: linear(d, kvh * hd, self.attention_bias),
                     v_proj: linear(d, kvh * hd, self.attention_bias),
                     o_proj: linear(h * hd, d, self.attention_bias),
-                    q_norm: self
-                        .qk_norm
-                        .then(|| HeadLayerNorm::new(h, hd, self.qk_norm_eps, device)),
-                    k_norm: self
-                        .qk_norm
-                        .then(|| HeadLayerNorm::new(kvh, hd, self.qk_norm_eps, device)),
+                    q_norm: self.qk_norm.then(|| HeadLayerNorm::new(h, hd, self.qk_norm_eps, device)),
+                    k_norm: self.qk_norm.then(|| HeadLayerNorm::new(kvh, hd, self.qk_norm_eps, device)),
                     attn_dropout: DropoutConfig::new(self.attention_dropout).init(),
                     n_heads: h,
                     n_kv_heads: kvh,
@@ -111,9 +99,7 @@ impl ChameleonConfig {
             })
             .collect();
         Chameleon {
-            embed_tokens: EmbeddingConfig::new(self.vocab_size, d)
-                .with_initializer(init.clone())
-                .init(device),
+            embed_tokens: EmbeddingConfig::new(self.vocab_size, d).with_initializer(init.clone()).init(device),
             layers,
             norm: RmsNorm::new(d, self.norm_eps, device),
             lm_head: linear(d, self.vocab_size, false),
@@ -146,21 +132,10 @@ impl Chameleon {
         self.run(tokens, Some(cache), None)
     }
 
-    fn run(
-        &self,
-        tokens: Tensor<2, Int>,
-        mut cache: Option<&mut KvCache>,
-        mut probe: Option<&mut Probe>,
-    ) -> Tensor<3> {
+    fn run(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>, mut probe: Option<&mut Probe>) -> Tensor<3> {
         let [_, t] = tokens.dims();
         let start = cache.as_ref().map_or(0, |c| c.len());
-        let rope = RopeTable::new(
-            self.config.rope_theta,
-            self.config.head_dim(),
-            start,
-            t,
-            &tokens.device(),
-        );
+        let rope = RopeTable::new(self.config.rope_theta, self.config.head_dim(), start, t, &tokens.device());
         let mut x = self.embed_tokens.forward(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);

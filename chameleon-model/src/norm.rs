@@ -15,21 +15,12 @@ pub struct RmsNorm {
 impl RmsNorm {
     /// A norm with unit gain.
     pub fn new(d_model: usize, eps: f64, device: &Device) -> Self {
-        Self {
-            weight: Param::from_tensor(Tensor::ones([d_model], device)),
-            eps,
-        }
+        Self { weight: Param::from_tensor(Tensor::ones([d_model], device)), eps }
     }
 
     /// Normalises over the last dimension.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let inv_rms = x
-            .clone()
-            .square()
-            .mean_dim(D - 1)
-            .add_scalar(self.eps)
-            .sqrt()
-            .recip();
+        let inv_rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt().recip();
         let weight = self.weight.val().unsqueeze::<D>();
         x * inv_rms * weight
     }

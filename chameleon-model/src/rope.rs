@@ -15,19 +15,13 @@ impl RopeTable {
     pub fn new(theta: f64, head_dim: usize, start: usize, len: usize, device: &Device) -> Self {
         let half = head_dim / 2;
         // As HF: inv_freq = 1 / theta^(2i / head_dim), in f32.
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
-            .collect();
+        let inv_freq: Vec<f32> =
+            (0..half).map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32)).collect();
         let inv_freq = Tensor::<1>::from_floats(inv_freq.as_slice(), device).reshape([1, half]);
-        let pos = Tensor::<1, Int>::arange(start as i64..(start + len) as i64, device)
-            .float()
-            .reshape([len, 1]);
+        let pos = Tensor::<1, Int>::arange(start as i64..(start + len) as i64, device).float().reshape([len, 1]);
         let freqs = pos.matmul(inv_freq);
         let emb = Tensor::cat(vec![freqs.clone(), freqs], 1);
-        Self {
-            cos: emb.clone().cos(),
-            sin: emb.sin(),
-        }
+        Self { cos: emb.clone().cos(), sin: emb.sin() }
     }
 
     /// Rotates `x`: `[batch, heads, seq, head_dim]`.

@@ -86,44 +86,29 @@ pub struct VocabLayout {
 impl VocabLayout {
     /// Builds a layout from the special tokens and the token id of every codebook entry, in
     /// codebook order. Every other id below `vocab_size` is text.
-    pub fn new(
-        vocab_size: usize,
-        special: SpecialTokens,
-        image_tokens: Vec<u32>,
-    ) -> Result<Self, String> {
+    pub fn new(vocab_size: usize, special: SpecialTokens, image_tokens: Vec<u32>) -> Result<Self, String> {
         let mut modality = vec![Modality::Text; vocab_size];
         let mut image_code = vec![None; vocab_size];
         for (name, id) in special.all() {
-            let slot = modality.get_mut(id as usize).ok_or_else(|| {
-                format!("special token {name} has id {id}, outside the vocabulary of {vocab_size}")
-            })?;
+            let slot = modality
+                .get_mut(id as usize)
+                .ok_or_else(|| format!("special token {name} has id {id}, outside the vocabulary of {vocab_size}"))?;
             if *slot == Modality::Special {
-                return Err(format!(
-                    "special token {name} shares id {id} with another special token"
-                ));
+                return Err(format!("special token {name} shares id {id} with another special token"));
             }
             *slot = Modality::Special;
         }
         for (code, &id) in image_tokens.iter().enumerate() {
             let slot = modality.get_mut(id as usize).ok_or_else(|| {
-                format!(
-                    "image code {code} has token id {id}, outside the vocabulary of {vocab_size}"
-                )
+                format!("image code {code} has token id {id}, outside the vocabulary of {vocab_size}")
             })?;
             if *slot != Modality::Text {
-                return Err(format!(
-                    "image code {code} has token id {id}, which is already taken"
-                ));
+                return Err(format!("image code {code} has token id {id}, which is already taken"));
             }
             *slot = Modality::Image;
             image_code[id as usize] = Some(code as u32);
         }
-        Ok(Self {
-            special,
-            image_tokens,
-            modality,
-            image_code,
-        })
+        Ok(Self { special, image_tokens, modality, image_code })
     }
 
     /// The layout this toolkit gives models it creates: the seven specials at 0..7, then the
@@ -139,21 +124,15 @@ impl VocabLayout {
             image_placeholder: 6,
         };
         let image_tokens = (0..codebook_size as u32).map(|c| 7 + c).collect();
-        Self::new(7 + codebook_size + text_pieces, special, image_tokens)
-            .expect("contiguous layout is valid")
+        Self::new(7 + codebook_size + text_pieces, special, image_tokens).expect("contiguous layout is valid")
     }
 
     /// Reads the layout from an HF Chameleon `vocabulary_map` (token name -> id).
     /// Image tokens are the names starting with `IMGIMG`; their codebook index is spelled in the
     /// name with the letters A-J for the digits 0-9.
-    pub fn from_vocabulary_map(
-        map: &BTreeMap<String, u32>,
-        vocab_size: usize,
-    ) -> Result<Self, String> {
+    pub fn from_vocabulary_map(map: &BTreeMap<String, u32>, vocab_size: usize) -> Result<Self, String> {
         let get = |name: &str| {
-            map.get(name).copied().ok_or_else(|| {
-                format!("vocabulary_map has no entry for the special token {name:?}")
-            })
+            map.get(name).copied().ok_or_else(|| format!("vocabulary_map has no entry for the special token {name:?}"))
         };
         let special = SpecialTokens {
             bos: get(names::BOS)?,
@@ -165,28 +144,18 @@ impl VocabLayout {
             image_placeholder: get(names::IMAGE_PLACEHOLDER)?,
         };
         let mut codes: Vec<(u32, u32)> = Vec::new();
-        for (name, &id) in map
-            .iter()
-            .filter(|(n, _)| n.starts_with(names::IMAGE_PREFIX))
-        {
-            let code = image_code_from_name(name).ok_or_else(|| {
-                format!("image token name {name:?} does not spell a codebook index")
-            })?;
+        for (name, &id) in map.iter().filter(|(n, _)| n.starts_with(names::IMAGE_PREFIX)) {
+            let code = image_code_from_name(name)
+                .ok_or_else(|| format!("image token name {name:?} does not spell a codebook index"))?;
             codes.push((code, id));
         }
         codes.sort_unstable();
         for (i, &(code, _)) in codes.iter().enumerate() {
             if code != i as u32 {
-                return Err(format!(
-                    "vocabulary_map image codes are not dense: expected code {i}, found {code}"
-                ));
+                return Err(format!("vocabulary_map image codes are not dense: expected code {i}, found {code}"));
             }
         }
-        Self::new(
-            vocab_size,
-            special,
-            codes.into_iter().map(|(_, id)| id).collect(),
-        )
+        Self::new(vocab_size, special, codes.into_iter().map(|(_, id)| id).collect())
     }
 
     /// A `vocabulary_map` for this layout, as HF Chameleon reads it. Text pieces have no names
@@ -244,19 +213,13 @@ impl VocabLayout {
 
     /// Token ids of one modality, ascending.
     pub fn ids_of(&self, modality: Modality) -> Vec<u32> {
-        (0..self.modality.len() as u32)
-            .filter(|&id| self.modality[id as usize] == modality)
-            .collect()
+        (0..self.modality.len() as u32).filter(|&id| self.modality[id as usize] == modality).collect()
     }
 }
 
 /// `IMGIMG` + the decimal digits of `code` written with A-J + `Z`, as in Chameleon's vocabulary.
 pub fn image_token_name(code: u32) -> String {
-    let letters: String = code
-        .to_string()
-        .bytes()
-        .map(|d| (b'A' + (d - b'0')) as char)
-        .collect();
+    let letters: String = code.to_string().bytes().map(|d| (b'A' + (d - b'0')) as char).collect();
     format!("{}{letters}Z", names::IMAGE_PREFIX)
 }
 
@@ -265,9 +228,7 @@ fn image_code_from_name(name: &str) -> Option<u32> {
     if body.is_empty() || !body.bytes().all(|b| (b'A'..=b'J').contains(&b)) {
         return None;
     }
-    body.bytes()
-        .map(|b| (b - b'A') as char)
-        .try_fold(0u32, |acc, d| acc.checked_mul(10)?.checked_add(d as u32))
+    body.bytes().map(|b| (b - b'A') as char).try_fold(0u32, |acc, d| acc.checked_mul(10)?.checked_add(d as u32))
 }
 
 #[cfg(test)]
@@ -318,23 +279,11 @@ mod tests {
     fn bad_maps_are_refused() {
         let mut map = VocabLayout::contiguous(3, 2).to_vocabulary_map();
         map.remove("<eoss>");
-        assert!(
-            VocabLayout::from_vocabulary_map(&map, 12)
-                .unwrap_err()
-                .contains("<eoss>")
-        );
+        assert!(VocabLayout::from_vocabulary_map(&map, 12).unwrap_err().contains("<eoss>"));
         let mut map = VocabLayout::contiguous(3, 2).to_vocabulary_map();
         map.remove(&image_token_name(1));
-        assert!(
-            VocabLayout::from_vocabulary_map(&map, 12)
-                .unwrap_err()
-                .contains("not dense")
-        );
+        assert!(VocabLayout::from_vocabulary_map(&map, 12).unwrap_err().contains("not dense"));
         let map = VocabLayout::contiguous(3, 2).to_vocabulary_map();
-        assert!(
-            VocabLayout::from_vocabulary_map(&map, 8)
-                .unwrap_err()
-                .contains("outside")
-        );
+        assert!(VocabLayout::from_vocabulary_map(&map, 8).unwrap_err().contains("outside"));
     }
 }

@@ -6,8 +6,8 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use chameleon_model::checkpoint::{
-    ExportOptions, NamedTensor, SafetensorsFiles, WeightDtype, load_hf_checkpoint,
-    save_hf_checkpoint, write_checkpoint_weights,
+    ExportOptions, NamedTensor, SafetensorsFiles, WeightDtype, load_hf_checkpoint, save_hf_checkpoint,
+    write_checkpoint_weights,
 };
 use common::{fixture, golden, max_abs_diff};
 
@@ -19,74 +19,37 @@ fn copy_fixture(case: &str, to: &Path) {
 }
 
 fn load_err(dir: &Path) -> String {
-    load_hf_checkpoint(dir, &Device::flex())
-        .expect_err("load must fail")
-        .to_string()
+    load_hf_checkpoint(dir, &Device::flex()).expect_err("load must fail").to_string()
 }
 
 #[test]
 fn export_then_import_gives_the_same_logits_in_every_layout() {
     let device = Device::flex();
-    for case in [
-        "prenorm_mha",
-        "swin_gqa_theta_sharded_v4config",
-        "swin_bias_f16",
-    ] {
+    for case in ["prenorm_mha", "swin_gqa_theta_sharded_v4config", "swin_bias_f16"] {
         let src = load_hf_checkpoint(&fixture(case), &device).unwrap();
         let vocab = src.vocab.clone().unwrap();
         let (ids, _) = golden(case, &device);
         let reference = src.model.forward(ids.clone());
         let layouts = [
-            ExportOptions {
-                dtype: WeightDtype::F32,
-                max_shard_bytes: None,
-            },
-            ExportOptions {
-                dtype: WeightDtype::F32,
-                max_shard_bytes: Some(40_000),
-            },
+            ExportOptions { dtype: WeightDtype::F32, max_shard_bytes: None },
+            ExportOptions { dtype: WeightDtype::F32, max_shard_bytes: Some(40_000) },
         ];
         for options in layouts {
             let dir = tempfile::tempdir().unwrap();
-            save_hf_checkpoint(
-                &src.model,
-                &vocab,
-                Some(&src.hf_config),
-                &src.vq_tensors,
-                dir.path(),
-                options,
-            )
-            .unwrap();
-            assert_eq!(
-                dir.path().join("model.safetensors.index.json").is_file(),
-                options.max_shard_bytes.is_some()
-            );
+            save_hf_checkpoint(&src.model, &vocab, Some(&src.hf_config), &src.vq_tensors, dir.path(), options).unwrap();
+            assert_eq!(dir.path().join("model.safetensors.index.json").is_file(), options.max_shard_bytes.is_some());
             let back = load_hf_checkpoint(dir.path(), &device).unwrap();
             assert_eq!(back.model.config, src.model.config, "{case}");
             assert_eq!(back.vocab.as_ref(), Some(&vocab), "{case}");
-            assert_eq!(
-                back.hf_config["vq_config"], src.hf_config["vq_config"],
-                "{case}: vq_config carried"
-            );
+            assert_eq!(back.hf_config["vq_config"], src.hf_config["vq_config"], "{case}: vq_config carried");
             assert!(!src.vq_tensors.is_empty());
             let names = |t: &[chameleon_model::checkpoint::NamedTensor]| {
-                t.iter()
-                    .map(|t| (t.name.clone(), t.values.clone()))
-                    .collect::<Vec<_>>()
+                t.iter().map(|t| (t.name.clone(), t.values.clone())).collect::<Vec<_>>()
             };
-            assert_eq!(
-                names(&back.vq_tensors),
-                names(&src.vq_tensors),
-                "{case}: VQ tensors carried"
-            );
+            assert_eq!(names(&back.vq_tensors), names(&src.vq_tensors), "{case}: VQ tensors carried");
             let diff = max_abs_diff(back.model.forward(ids.clone()), reference.clone());
             assert_eq!(diff, 0.0, "{case}: f32 export must be exact");
-            assert!(
-                !dir.path()
-                    .read_dir()
-                    .unwrap()
-                    .any(|e| e.unwrap().path().extension() == Some("tmp".as_ref()))
-            );
+            assert!(!dir.path().read_dir().unwrap().any(|e| e.unwrap().path().extension() == Some("tmp".as_ref())));
         }
     }
 }
@@ -97,48 +60,20 @@ fn half_precision_exports_round_the_weights_once() {
     // bf16 -> f32 -> bf16 is exact, so re-exporting a bf16 checkpoint in bf16 changes nothing.
     let src = load_hf_checkpoint(&fixture("prenorm_gqa8to2_bf16"), &device).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let options = ExportOptions {
-        dtype: WeightDtype::BF16,
-        max_shard_bytes: None,
-    };
-    save_hf_checkpoint(
-        &src.model,
-        src.vocab.as_ref().unwrap(),
-        None,
-        &[],
-        dir.path(),
-        options,
-    )
-    .unwrap();
+    let options = ExportOptions { dtype: WeightDtype::BF16, max_shard_bytes: None };
+    save_hf_checkpoint(&src.model, src.vocab.as_ref().unwrap(), None, &[], dir.path(), options).unwrap();
     let back = load_hf_checkpoint(dir.path(), &device).unwrap();
     let (ids, _) = golden("prenorm_gqa8to2_bf16", &device);
-    assert_eq!(
-        max_abs_diff(back.model.forward(ids.clone()), src.model.forward(ids)),
-        0.0
-    );
+    assert_eq!(max_abs_diff(back.model.forward(ids.clone()), src.model.forward(ids)), 0.0);
     // An f32 model written as f16 is close, not equal.
     let src = load_hf_checkpoint(&fixture("prenorm_mha"), &device).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let options = ExportOptions {
-        dtype: WeightDtype::F16,
-        max_shard_bytes: None,
-    };
-    save_hf_checkpoint(
-        &src.model,
-        src.vocab.as_ref().unwrap(),
-        None,
-        &[],
-        dir.path(),
-        options,
-    )
-    .unwrap();
+    let options = ExportOptions { dtype: WeightDtype::F16, max_shard_bytes: None };
+    save_hf_checkpoint(&src.model, src.vocab.as_ref().unwrap(), None, &[], dir.path(), options).unwrap();
     let back = load_hf_checkpoint(dir.path(), &device).unwrap();
     let (ids, _) = golden("prenorm_mha", &device);
     let diff = max_abs_diff(back.model.forward(ids.clone()), src.model.forward(ids));
-    assert!(
-        diff > 0.0 && diff < 0.05,
-        "f16 rounding moved logits by {diff}"
-    );
+    assert!(diff > 0.0 && diff < 0.05, "f16 rounding moved logits by {diff}");
 }
 
 #[test]
@@ -151,22 +86,12 @@ fn a_model_without_qk_norm_round_trips_through_our_extension_key() {
     }
     src.model.config.qk_norm = false;
     let dir = tempfile::tempdir().unwrap();
-    save_hf_checkpoint(
-        &src.model,
-        src.vocab.as_ref().unwrap(),
-        None,
-        &[],
-        dir.path(),
-        ExportOptions::default(),
-    )
-    .unwrap();
+    save_hf_checkpoint(&src.model, src.vocab.as_ref().unwrap(), None, &[], dir.path(), ExportOptions::default())
+        .unwrap();
     let back = load_hf_checkpoint(dir.path(), &device).unwrap();
     assert!(!back.model.config.qk_norm);
     let (ids, _) = golden("prenorm_mha", &device);
-    assert_eq!(
-        max_abs_diff(back.model.forward(ids.clone()), src.model.forward(ids)),
-        0.0
-    );
+    assert_eq!(max_abs_diff(back.model.forward(ids.clone()), src.model.forward(ids)), 0.0);
 }
 
 #[test]
@@ -177,10 +102,7 @@ fn a_truncated_file_names_the_file() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
     let err = load_err(dir.path());
-    assert!(
-        err.contains("model.safetensors") && err.contains("truncated"),
-        "{err}"
-    );
+    assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
 }
 
 #[test]
@@ -206,25 +128,17 @@ fn a_missing_tensor_is_named() {
         .filter(|n| *n != missing)
         .map(|n| {
             let shape = files.shape(n).unwrap().to_vec();
-            NamedTensor {
-                name: n.to_string(),
-                values: files.read_f32(n, &shape).unwrap(),
-                shape,
-            }
+            NamedTensor { name: n.to_string(), values: files.read_f32(n, &shape).unwrap(), shape }
         })
         .collect();
     write_checkpoint_weights(dir.path(), &kept, WeightDtype::F32, None).unwrap();
     let err = load_err(dir.path());
-    assert!(
-        err.contains(missing) && err.contains("model.safetensors") && err.contains("missing"),
-        "{err}"
-    );
+    assert!(err.contains(missing) && err.contains("model.safetensors") && err.contains("missing"), "{err}");
 }
 
 fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join("config.json");
-    let mut json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     edit(&mut json);
     std::fs::write(&path, serde_json::to_string(&json).unwrap()).unwrap();
 }
@@ -236,20 +150,14 @@ fn a_config_that_disagrees_with_the_weights_is_refused_by_name() {
     copy_fixture("prenorm_mha", dir.path());
     edit_config(dir.path(), |c| c["intermediate_size"] = 128.into());
     let err = load_err(dir.path());
-    assert!(
-        err.contains("model.layers.0.mlp.gate_proj.weight") && err.contains("[96, 64]"),
-        "{err}"
-    );
+    assert!(err.contains("model.layers.0.mlp.gate_proj.weight") && err.contains("[96, 64]"), "{err}");
 
     // Fewer layers than the weights hold: the extra tensors are reported.
     let dir = tempfile::tempdir().unwrap();
     copy_fixture("prenorm_mha", dir.path());
     edit_config(dir.path(), |c| c["num_hidden_layers"] = 1.into());
     let err = load_err(dir.path());
-    assert!(
-        err.contains("model.layers.1.") && err.contains("no place"),
-        "{err}"
-    );
+    assert!(err.contains("model.layers.1.") && err.contains("no place"), "{err}");
 
     // More layers than the weights hold.
     let dir = tempfile::tempdir().unwrap();
@@ -263,28 +171,19 @@ fn a_config_that_disagrees_with_the_weights_is_refused_by_name() {
     copy_fixture("prenorm_mha", dir.path());
     edit_config(dir.path(), |c| c["num_attention_heads"] = 5.into());
     let err = load_err(dir.path());
-    assert!(
-        err.contains("config.json") && err.contains("n_heads"),
-        "{err}"
-    );
+    assert!(err.contains("config.json") && err.contains("n_heads"), "{err}");
 
     // Unsupported RoPE scaling is refused rather than silently ignored.
     let dir = tempfile::tempdir().unwrap();
     copy_fixture("prenorm_mha", dir.path());
-    edit_config(dir.path(), |c| {
-        c["rope_parameters"]["rope_type"] = "linear".into()
-    });
+    edit_config(dir.path(), |c| c["rope_parameters"]["rope_type"] = "linear".into());
     assert!(load_err(dir.path()).contains("rope_type"));
 }
 
 #[test]
 fn a_directory_without_weights_says_what_it_looked_for() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        fixture("prenorm_mha").join("config.json"),
-        dir.path().join("config.json"),
-    )
-    .unwrap();
+    std::fs::copy(fixture("prenorm_mha").join("config.json"), dir.path().join("config.json")).unwrap();
     let err = load_err(dir.path());
     assert!(err.contains("model.safetensors.index.json"), "{err}");
     let empty = tempfile::tempdir().unwrap();

@@ -11,18 +11,14 @@ use common::{CASES, fixture, golden, max_abs_diff};
 fn logits_match_hf_within_1e_4_for_every_fixture() {
     let device = Device::flex();
     for case in CASES {
-        let loaded =
-            load_hf_checkpoint(&fixture(case), &device).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let loaded = load_hf_checkpoint(&fixture(case), &device).unwrap_or_else(|e| panic!("{case}: {e}"));
         let (ids, expected) = golden(case, &device);
         let diff = max_abs_diff(loaded.model.forward(ids.clone()), expected.clone());
         assert!(diff < 1e-4, "{case}: max |logit diff| vs HF = {diff}");
         // The probed (unfused attention) path computes the same logits.
         let (logits, _) = loaded.model.forward_diagnosed(ids);
         let diff = max_abs_diff(logits, expected);
-        assert!(
-            diff < 1e-4,
-            "{case}: diagnosed path differs from HF by {diff}"
-        );
+        assert!(diff < 1e-4, "{case}: diagnosed path differs from HF by {diff}");
     }
 }
 
@@ -35,30 +31,14 @@ fn fixtures_cover_the_required_variants() {
     assert_eq!(mha.model.config.kv_heads(), mha.model.config.n_heads);
     let swin = load("swin_gqa_theta_sharded_v4config");
     assert_eq!(swin.model.config.norm_placement, NormPlacement::Reordered);
-    assert_eq!(
-        (swin.model.config.n_heads, swin.model.config.kv_heads()),
-        (4, 2)
-    );
-    assert_eq!(
-        swin.model.config.rope_theta, 500000.0,
-        "transformers 4.x top-level rope_theta"
-    );
-    assert!(
-        fixture("swin_gqa_theta_sharded_v4config")
-            .join("model.safetensors.index.json")
-            .is_file()
-    );
+    assert_eq!((swin.model.config.n_heads, swin.model.config.kv_heads()), (4, 2));
+    assert_eq!(swin.model.config.rope_theta, 500000.0, "transformers 4.x top-level rope_theta");
+    assert!(fixture("swin_gqa_theta_sharded_v4config").join("model.safetensors.index.json").is_file());
     let gqa = load("prenorm_gqa8to2_bf16");
-    assert_eq!(
-        (gqa.model.config.n_heads, gqa.model.config.kv_heads()),
-        (8, 2)
-    );
+    assert_eq!((gqa.model.config.n_heads, gqa.model.config.kv_heads()), (8, 2));
     let f16 = load("swin_bias_f16");
     assert!(f16.model.config.attention_bias && f16.model.config.mlp_bias);
-    assert_eq!(
-        f16.model.config.rope_theta, 1234.0,
-        "transformers 5.x rope_parameters"
-    );
+    assert_eq!(f16.model.config.rope_theta, 1234.0, "transformers 5.x rope_parameters");
     // Image ids neither start at 4 nor follow codebook order; the layout comes from names.
     let vocab = mha.vocab.expect("vocabulary_map");
     let first = vocab.image_token(0).unwrap();

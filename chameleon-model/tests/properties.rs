@@ -36,25 +36,16 @@ fn a_future_token_never_changes_a_past_logit() {
         let past = max_abs_diff(la.clone().narrow(1, 0, 4), lb.clone().narrow(1, 0, 4));
         assert!(past < 1e-6, "{placement:?}: past logits moved by {past}");
         let future = max_abs_diff(la.narrow(1, 4, 4), lb.narrow(1, 4, 4));
-        assert!(
-            future > 1e-3,
-            "{placement:?}: changed tokens should change their own logits"
-        );
+        assert!(future > 1e-3, "{placement:?}: changed tokens should change their own logits");
     }
 }
 
 #[test]
 fn decoding_token_by_token_equals_one_full_forward() {
     let device = Device::flex();
-    let hf = load_hf_checkpoint(&fixture("prenorm_gqa8to2_bf16"), &device)
-        .unwrap()
-        .model;
+    let hf = load_hf_checkpoint(&fixture("prenorm_gqa8to2_bf16"), &device).unwrap().model;
     let (ids, _) = golden("prenorm_gqa8to2_bf16", &device);
-    let models = [
-        hf,
-        small(NormPlacement::Reordered, true, &device),
-        small(NormPlacement::PreNorm, false, &device),
-    ];
+    let models = [hf, small(NormPlacement::Reordered, true, &device), small(NormPlacement::PreNorm, false, &device)];
     for model in models {
         let ids = ids.clone().clamp(0, model.config.vocab_size as i64 - 1);
         let [_, t] = ids.dims();
@@ -67,10 +58,7 @@ fn decoding_token_by_token_equals_one_full_forward() {
         }
         assert_eq!(cache.len(), t);
         let diff = max_abs_diff(Tensor::cat(steps, 1), full);
-        assert!(
-            diff < 1e-4,
-            "cached decoding differs from the full pass by {diff}"
-        );
+        assert!(diff < 1e-4, "cached decoding differs from the full pass by {diff}");
     }
 }
 
@@ -122,28 +110,19 @@ fn dropout_is_a_no_op_at_eval_and_active_in_training() {
     }
     let ids = tokens(vec![vec![3, 1, 4, 1, 5, 9]], &train);
     // Training device: dropout changes the output.
-    let diff = max_abs_diff(
-        model.forward(ids.clone()).detach(),
-        plain.forward(ids.clone()).detach(),
-    );
+    let diff = max_abs_diff(model.forward(ids.clone()).detach(), plain.forward(ids.clone()).detach());
     assert!(diff > 1e-3, "dropout had no effect in training ({diff})");
     // Eval device (no autodiff): identical to the same weights without dropout.
     let (model, plain) = (model.valid(), plain.valid());
     let ids = tokens(vec![vec![3, 1, 4, 1, 5, 9]], &Device::flex());
-    assert_eq!(
-        max_abs_diff(model.forward(ids.clone()), plain.forward(ids)),
-        0.0
-    );
+    assert_eq!(max_abs_diff(model.forward(ids.clone()), plain.forward(ids)), 0.0);
 }
 
 #[test]
 fn probes_measure_what_they_claim() {
     let device = Device::flex();
     let model = small(NormPlacement::PreNorm, false, &device);
-    let ids = tokens(
-        vec![vec![3, 1, 4, 1, 5, 9, 2, 6], vec![2, 7, 1, 8, 2, 8, 1, 8]],
-        &device,
-    );
+    let ids = tokens(vec![vec![3, 1, 4, 1, 5, 9, 2, 6], vec![2, 7, 1, 8, 2, 8, 1, 8]], &device);
     let (logits, d) = model.forward_diagnosed(ids.clone());
     assert_eq!(d.max_attn_logit.dims(), [2]);
     assert_eq!(d.output_rms.dims(), [2]);
@@ -170,36 +149,21 @@ fn probes_measure_what_they_claim() {
     let q = &mut doubled.layers[0].self_attn.q_proj;
     q.weight = burn::module::Param::from_tensor(q.weight.val() * 2.0);
     let (_, d2) = doubled.forward_diagnosed(ids.clone());
-    let (m1, m2): (f32, f32) = (
-        d.max_attn_logit.clone().narrow(0, 0, 1).into_scalar(),
-        d2.max_attn_logit.narrow(0, 0, 1).into_scalar(),
-    );
+    let (m1, m2): (f32, f32) =
+        (d.max_attn_logit.clone().narrow(0, 0, 1).into_scalar(), d2.max_attn_logit.narrow(0, 0, 1).into_scalar());
     assert!(m1 > 0.0);
-    assert!(
-        (m2 - 2.0 * m1).abs() < 1e-4 * m1.abs().max(1.0),
-        "{m2} != 2 * {m1}"
-    );
+    assert!((m2 - 2.0 * m1).abs() < 1e-4 * m1.abs().max(1.0), "{m2} != 2 * {m1}");
 
     // Output RMS: with zero output projections a pre-norm layer passes its input through, so
     // the probe must read the RMS of the token embeddings, computed here on the host.
     let mut one = model.clone();
     one.layers.truncate(1);
-    let zero = |l: &mut burn::nn::Linear| {
-        l.weight = burn::module::Param::from_tensor(l.weight.val().zeros_like())
-    };
+    let zero = |l: &mut burn::nn::Linear| l.weight = burn::module::Param::from_tensor(l.weight.val().zeros_like());
     zero(&mut one.layers[0].self_attn.o_proj);
     zero(&mut one.layers[0].mlp.down_proj);
     let (_, d1) = one.forward_diagnosed(ids.clone());
     let rms: f32 = d1.output_rms.into_scalar();
-    let emb: Vec<f32> = one
-        .embed_tokens
-        .forward(ids)
-        .into_data()
-        .try_to_vec()
-        .unwrap();
+    let emb: Vec<f32> = one.embed_tokens.forward(ids).into_data().try_to_vec().unwrap();
     let host = (emb.iter().map(|v| v * v).sum::<f32>() / emb.len() as f32).sqrt();
-    assert!(
-        (rms - host).abs() < 1e-5 * host,
-        "output RMS {rms} vs {host}"
-    );
+    assert!((rms - host).abs() < 1e-5 * host, "output RMS {rms} vs {host}");
 }

@@ -25,15 +25,11 @@ fn encoder_latent_and_codes_match_hf_and_decoder_matches_meta() {
         assert!(diff < 1e-4, "{case}: encoder differs from HF by {diff}");
         let latent = vq.latent(pixels.clone());
         let diff = max_abs_diff(latent, golden_f32(&golden, "latent", &device));
-        assert!(
-            diff < 1e-4,
-            "{case}: quant_conv output differs from HF by {diff}"
-        );
+        assert!(diff < 1e-4, "{case}: quant_conv output differs from HF by {diff}");
         let codes = ints(vq.encode(pixels));
         assert_eq!(codes, codes_of(case), "{case}: codes differ from HF");
         let (shape, want) = golden_i64(&golden, "codes");
-        let codes =
-            Tensor::<2, Int>::from_data(TensorData::new(want, [shape[0], shape[1]]), &device);
+        let codes = Tensor::<2, Int>::from_data(TensorData::new(want, [shape[0], shape[1]]), &device);
         let decoded = vq.decode(codes).expect("decoder loaded");
         let diff = max_abs_diff(decoded, golden_f32(&golden, "decoded", &device));
         assert!(diff < 1e-4, "{case}: decoder differs from Meta's by {diff}");
@@ -64,10 +60,7 @@ fn our_own_format_round_trips_exactly() {
     let pixels: Tensor<4> = golden_f32(&golden, "pixels", &device);
     let codes = back.encode(pixels.clone());
     assert_eq!(ints(codes.clone()), ints(vq.encode(pixels)));
-    let diff = max_abs_diff(
-        back.decode(codes.clone()).unwrap(),
-        vq.decode(codes).unwrap(),
-    );
+    let diff = max_abs_diff(back.decode(codes.clone()).unwrap(), vq.decode(codes).unwrap());
     assert_eq!(diff, 0.0);
 }
 
@@ -77,11 +70,6 @@ fn a_decoder_that_disagrees_with_the_config_is_refused_by_name() {
     // The decoder of one fixture does not fit the config of the other.
     let dir = vq_fixture("plain_one_block");
     let wrong = vq_fixture("attn_nin_latent_ne_embed").join("decoder.safetensors");
-    let err = load_vq_checkpoint(&dir, Some(&wrong), &device)
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("decoder.safetensors") && err.contains("decoder."),
-        "{err}"
-    );
+    let err = load_vq_checkpoint(&dir, Some(&wrong), &device).unwrap_err().to_string();
+    assert!(err.contains("decoder.safetensors") && err.contains("decoder."), "{err}");
 }

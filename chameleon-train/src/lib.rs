@@ -1,9 +1,14 @@
 //! # chameleon-train
 //!
-//! The training loop and optimizer, stability diagnostics, checkpoints, the ablation grid and
-//! the live ratatui monitor. The model's probes ([`chameleon_model::Diagnostics`]) are what
-//! the stability metrics are made from.
+//! Training loops, the optimizer, stability diagnostics, checkpoints, the ablation grid and the
+//! live ratatui monitor. The model's probes ([`chameleon_model::Diagnostics`]) are what the
+//! stability metrics are made from.
 //!
-//! This crate is empty until issue #5 lands; the workspace already has its place.
+//! Today it trains the VQ-VAE image tokenizer ([`vq_train`]); the language-model loop, the
+//! ablation grid and the monitor land with issue #5.
+
+mod config_file;
+pub mod vq_train;
 
 pub use chameleon_model::Diagnostics;
+pub use config_file::ConfigError;

@@ -10,9 +10,7 @@ pub fn parse(name: &str) -> Result<Device> {
         s if s == "cuda" || s.starts_with("cuda:") => {
             let index: usize = match s.strip_prefix("cuda:") {
                 None => 0,
-                Some(n) => n
-                    .parse()
-                    .map_err(|_| anyhow::anyhow!("--device {s}: the GPU index must be a number"))?,
+                Some(n) => n.parse().map_err(|_| anyhow::anyhow!("--device {s}: the GPU index must be a number"))?,
             };
             cuda(index)
         }
@@ -25,9 +23,7 @@ fn cuda(index: usize) -> Result<Device> {
     // burn loads libcuda lazily and panics at the first tensor op when it is missing; ask first.
     // SAFETY: only tries to dlopen the driver library.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        bail!(
-            "--device cuda:{index}: no NVIDIA driver (libcuda.so) found on this machine; use --device cpu"
-        );
+        bail!("--device cuda:{index}: no NVIDIA driver (libcuda.so) found on this machine; use --device cpu");
     }
     Ok(Device::cuda(index))
 }

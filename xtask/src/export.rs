@@ -4,9 +4,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use burn::tensor::Device;
-use chameleon_model::checkpoint::{
-    ExportOptions, WeightDtype, load_hf_checkpoint, save_hf_checkpoint,
-};
+use chameleon_model::checkpoint::{ExportOptions, WeightDtype, load_hf_checkpoint, save_hf_checkpoint};
 
 /// Loads `checkpoint`, then writes it to `output` in `dtype`, sharded when `shard_mb` is given.
 pub fn run(
@@ -18,23 +16,10 @@ pub fn run(
 ) -> Result<()> {
     let loaded = load_hf_checkpoint(checkpoint, device)?;
     let vocab = loaded.vocab.with_context(|| {
-        format!(
-            "{}: has no `vocabulary_map`, which HF Chameleon needs",
-            checkpoint.join("config.json").display()
-        )
+        format!("{}: has no `vocabulary_map`, which HF Chameleon needs", checkpoint.join("config.json").display())
     })?;
-    let options = ExportOptions {
-        dtype,
-        max_shard_bytes: shard_mb.map(|mb| mb * 1024 * 1024),
-    };
-    save_hf_checkpoint(
-        &loaded.model,
-        &vocab,
-        Some(&loaded.hf_config),
-        &loaded.vq_tensors,
-        output,
-        options,
-    )?;
+    let options = ExportOptions { dtype, max_shard_bytes: shard_mb.map(|mb| mb * 1024 * 1024) };
+    save_hf_checkpoint(&loaded.model, &vocab, Some(&loaded.hf_config), &loaded.vq_tensors, output, options)?;
     tracing::info!(output = %output.display(), "exported");
     Ok(())
 }

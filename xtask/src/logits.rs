@@ -12,27 +12,14 @@ use crate::npy;
 pub fn run(checkpoint: &Path, input: &Path, output: &Path, device: &Device) -> Result<()> {
     let ids = npy::read_ints(input)?;
     let [batch, seq] = ids.shape[..] else {
-        bail!(
-            "{}: ids have shape {:?}; expected [batch, seq]",
-            input.display(),
-            ids.shape
-        );
+        bail!("{}: ids have shape {:?}; expected [batch, seq]", input.display(), ids.shape);
     };
     if batch == 0 || seq == 0 {
-        bail!(
-            "{}: ids have shape {:?}; batch and seq must be at least 1",
-            input.display(),
-            ids.shape
-        );
+        bail!("{}: ids have shape {:?}; batch and seq must be at least 1", input.display(), ids.shape);
     }
     let loaded = load_hf_checkpoint(checkpoint, device)?;
     let vocab = loaded.model.config.vocab_size;
-    if let Some((i, &id)) = ids
-        .data
-        .iter()
-        .enumerate()
-        .find(|&(_, &id)| id < 0 || id as usize >= vocab)
-    {
+    if let Some((i, &id)) = ids.data.iter().enumerate().find(|&(_, &id)| id < 0 || id as usize >= vocab) {
         bail!(
             "{}: token id {id} at [{}, {}] is outside the vocabulary of {vocab} in {}",
             input.display(),
@@ -44,10 +31,7 @@ pub fn run(checkpoint: &Path, input: &Path, output: &Path, device: &Device) -> R
     tracing::info!(batch, seq, vocab, "computing logits");
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids.data, [batch, seq]), device);
     let logits = loaded.model.forward(tokens);
-    let values: Vec<f32> = logits
-        .into_data()
-        .try_to_vec()
-        .context("reading logits back from the device")?;
+    let values: Vec<f32> = logits.into_data().try_to_vec().context("reading logits back from the device")?;
     npy::write_f32(output, &[batch, seq, vocab], &values)?;
     tracing::info!(output = %output.display(), "wrote logits");
     Ok(())

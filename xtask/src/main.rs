@@ -4,6 +4,7 @@ mod device;
 mod export;
 mod logits;
 mod npy;
+mod vq;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,10 +14,7 @@ use chameleon_model::checkpoint::WeightDtype;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    about = "chameleon-rs: Chameleon-style mixed-modal models on burn"
-)]
+#[command(name = "cargo xtask", about = "chameleon-rs: Chameleon-style mixed-modal models on burn")]
 struct Cli {
     /// Backend: cpu (burn flex) or cuda[:N] (needs a build with --features cuda).
     #[arg(long, global = true, default_value = "cpu")]
@@ -31,6 +29,11 @@ enum Command {
     Ablate {
         /// Experiment file.
         file: Option<PathBuf>,
+    },
+    /// The VQ-VAE image tokenizer: train, encode, decode.
+    Vq {
+        #[command(subcommand)]
+        command: vq::VqCommand,
     },
     /// Raw logits of an HF-format checkpoint for token ids from a .npy file.
     Logits {
@@ -64,9 +67,7 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,18 +83,12 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Ablate { .. } => anyhow::bail!(
             "the ablation runner is not built yet: it lands with the training loop (issue #5). \
-             Until then `cargo xtask logits` and `cargo xtask export` work; see README.md"
+             Until then `cargo xtask logits`, `export` and `vq` work; see README.md"
         ),
-        Command::Logits {
-            checkpoint,
-            input,
-            output,
-        } => logits::run(&checkpoint, &input, &output, &device),
-        Command::Export {
-            checkpoint,
-            output,
-            dtype,
-            shard_mb,
-        } => export::run(&checkpoint, &output, dtype, shard_mb, &device),
+        Command::Vq { command } => vq::run(command, &device),
+        Command::Logits { checkpoint, input, output } => logits::run(&checkpoint, &input, &output, &device),
+        Command::Export { checkpoint, output, dtype, shard_mb } => {
+            export::run(&checkpoint, &output, dtype, shard_mb, &device)
+        }
     }
 }

@@ -16,22 +16,12 @@ pub struct NpyArray<T> {
 /// Reads an integer array (`<i8` or `<i4`) as i64.
 pub fn read_ints(path: &Path) -> Result<NpyArray<i64>> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let (descr, shape, body) =
-        parse(&bytes).with_context(|| format!("{}: not a valid .npy file", path.display()))?;
+    let (descr, shape, body) = parse(&bytes).with_context(|| format!("{}: not a valid .npy file", path.display()))?;
     let n: usize = shape.iter().product();
     let data: Vec<i64> = match descr.as_str() {
-        "<i8" => body
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .collect(),
-        "<i4" => body
-            .chunks_exact(4)
-            .map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64)
-            .collect(),
-        other => bail!(
-            "{}: dtype {other:?}; expected int64 ('<i8') or int32 ('<i4')",
-            path.display()
-        ),
+        "<i8" => body.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
+        "<i4" => body.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64).collect(),
+        other => bail!("{}: dtype {other:?}; expected int64 ('<i8') or int32 ('<i4')", path.display()),
     };
     if data.len() != n {
         bail!(
@@ -43,23 +33,15 @@ pub fn read_ints(path: &Path) -> Result<NpyArray<i64>> {
     Ok(NpyArray { shape, data })
 }
 
-/// Reads a float array (`<f4`). The CLI writes logits; its tests read them back with this.
-#[allow(dead_code)]
+/// Reads a float array (`<f4`).
 pub fn read_f32(path: &Path) -> Result<NpyArray<f32>> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let (descr, shape, body) =
-        parse(&bytes).with_context(|| format!("{}: not a valid .npy file", path.display()))?;
+    let (descr, shape, body) = parse(&bytes).with_context(|| format!("{}: not a valid .npy file", path.display()))?;
     if descr != "<f4" {
-        bail!(
-            "{}: dtype {descr:?}; expected float32 ('<f4')",
-            path.display()
-        );
+        bail!("{}: dtype {descr:?}; expected float32 ('<f4')", path.display());
     }
     let n: usize = shape.iter().product();
-    let data: Vec<f32> = body
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
-        .collect();
+    let data: Vec<f32> = body.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
     if data.len() != n {
         bail!(
             "{}: truncated: the header promises {n} values of shape {shape:?}, the file holds {}",
@@ -72,24 +54,29 @@ pub fn read_f32(path: &Path) -> Result<NpyArray<f32>> {
 
 /// Writes an f32 array (format version 1.0), through a temporary file and a rename.
 pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let body: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write(path, "<f4", shape, &body)
+}
+
+/// Writes an int64 array (format version 1.0), through a temporary file and a rename.
+pub fn write_i64(path: &Path, shape: &[usize], data: &[i64]) -> Result<()> {
+    let body: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write(path, "<i8", shape, &body)
+}
+
+fn write(path: &Path, descr: &str, shape: &[usize], body: &[u8]) -> Result<()> {
     let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
-    let shape_str = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_str}, }}");
+    let shape_str = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_str}, }}");
     // Magic (6) + version (2) + header length (2) + header + '\n' is a multiple of 64.
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat(total.next_multiple_of(64) - total));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    let mut out = Vec::with_capacity(10 + header.len() + body.len());
     out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for v in data {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    out.extend_from_slice(body);
     let tmp = path.with_extension("npy.tmp");
     std::fs::write(&tmp, &out).with_context(|| format!("{}: cannot write", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))
@@ -101,20 +88,13 @@ fn parse(bytes: &[u8]) -> Result<(String, Vec<usize>, &[u8])> {
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
         v => bail!("unsupported format version {v}"),
     };
-    let header = bytes
-        .get(start..start + header_len)
-        .context("header is cut short")?;
+    let header = bytes.get(start..start + header_len).context("header is cut short")?;
     let header = std::str::from_utf8(header).context("header is not text")?;
     let field = |key: &str| -> Result<&str> {
-        let at = header
-            .find(&format!("'{key}'"))
-            .with_context(|| format!("header has no '{key}'"))?;
+        let at = header.find(&format!("'{key}'")).with_context(|| format!("header has no '{key}'"))?;
         let rest = &header[at + key.len() + 2..];
         Ok(rest.trim_start().trim_start_matches(':').trim_start())
     };
@@ -122,25 +102,14 @@ fn parse(bytes: &[u8]) -> Result<(String, Vec<usize>, &[u8])> {
         bail!("Fortran-ordered arrays are not supported; save with np.ascontiguousarray");
     }
     let descr = field("descr")?;
-    let descr = descr
-        .trim_start_matches('\'')
-        .split('\'')
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let descr = descr.trim_start_matches('\'').split('\'').next().unwrap_or_default().to_string();
     let shape = field("shape")?;
-    let inner = shape
-        .strip_prefix('(')
-        .and_then(|s| s.split(')').next())
-        .context("malformed shape")?;
+    let inner = shape.strip_prefix('(').and_then(|s| s.split(')').next()).context("malformed shape")?;
     let shape = inner
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .with_context(|| format!("malformed shape entry {s:?}"))
-        })
+        .map(|s| s.parse::<usize>().with_context(|| format!("malformed shape entry {s:?}")))
         .collect::<Result<Vec<_>>>()?;
     Ok((descr, shape, &bytes[start + header_len..]))
 }
@@ -164,13 +133,7 @@ mod tests {
         let err = read_f32(&path).err().unwrap().to_string();
         assert!(err.contains("truncated") && err.contains("a.npy"), "{err}");
         std::fs::write(&path, b"not numpy").unwrap();
-        assert!(
-            read_ints(&path)
-                .err()
-                .unwrap()
-                .to_string()
-                .contains("not a valid .npy")
-        );
+        assert!(read_ints(&path).err().unwrap().to_string().contains("not a valid .npy"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -10,16 +10,11 @@ use std::process::{Command, Output};
 use safetensors::SafeTensors;
 
 fn fixture(case: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../chameleon-model/tests/fixtures/hf")
-        .join(case)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../chameleon-model/tests/fixtures/hf").join(case)
 }
 
 fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .output()
-        .unwrap()
+    Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().unwrap()
 }
 
 fn stderr(out: &Output) -> String {
@@ -31,28 +26,17 @@ fn golden(case: &str) -> (Vec<usize>, Vec<i64>, Vec<f32>) {
     let bytes = std::fs::read(fixture(case).join("golden.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let ids = st.tensor("input_ids").unwrap();
-    let ids_v = ids
-        .data()
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let ids_v = ids.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
     let logits = st.tensor("logits").unwrap();
     let shape = logits.shape().to_vec();
-    let v = logits
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect();
+    let v = logits.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
     (shape, ids_v, v)
 }
 
 /// An int32 `.npy` written the way NumPy does.
 fn write_i32_npy(path: &Path, shape: &[usize], data: &[i32]) {
     let dims: Vec<String> = shape.iter().map(|d| format!("{d},")).collect();
-    let mut header = format!(
-        "{{'descr': '<i4', 'fortran_order': False, 'shape': ({}), }}",
-        dims.join(" ")
-    );
+    let mut header = format!("{{'descr': '<i4', 'fortran_order': False, 'shape': ({}), }}", dims.join(" "));
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat(total.next_multiple_of(64) - total));
     header.push('\n');
@@ -67,11 +51,7 @@ fn write_i32_npy(path: &Path, shape: &[usize], data: &[i32]) {
 
 fn assert_close(got: &[f32], want: &[f32]) {
     assert_eq!(got.len(), want.len());
-    let diff = got
-        .iter()
-        .zip(want)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let diff = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
     assert!(diff < 1e-4, "max |logit diff| = {diff}");
 }
 
@@ -144,18 +124,12 @@ fn bad_inputs_fail_with_the_file_named_and_no_panic() {
     let ids = dir.path().join("big.npy");
     write_i32_npy(&ids, &[1, 3], &[5, 128, 7]);
     let err = run(&ck, &ids);
-    assert!(
-        err.contains("128") && err.contains("big.npy") && err.contains("[0, 1]"),
-        "{err}"
-    );
+    assert!(err.contains("128") && err.contains("big.npy") && err.contains("[0, 1]"), "{err}");
     // Ids of the wrong rank, and of the wrong dtype.
     let ids = dir.path().join("flat.npy");
     write_i32_npy(&ids, &[3], &[1, 2, 3]);
     let err = run(&ck, &ids);
-    assert!(
-        err.contains("flat.npy") && err.contains("[batch, seq]"),
-        "{err}"
-    );
+    assert!(err.contains("flat.npy") && err.contains("[batch, seq]"), "{err}");
     let ids = dir.path().join("float.npy");
     npy::write_f32(&ids, &[1, 3], &[1.0, 2.0, 3.0]).unwrap();
     let err = run(&ck, &ids);
@@ -170,16 +144,10 @@ fn bad_inputs_fail_with_the_file_named_and_no_panic() {
     let bytes = std::fs::read(&weights).unwrap();
     std::fs::write(&weights, &bytes[..bytes.len() - 8]).unwrap();
     let err = run(&bad, &ck.join("input_ids.npy"));
-    assert!(
-        err.contains("model.safetensors") && err.contains("truncated"),
-        "{err}"
-    );
+    assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
     // A missing checkpoint directory.
     let err = run(&dir.path().join("nowhere"), &ck.join("input_ids.npy"));
-    assert!(
-        err.contains("nowhere") && err.contains("config.json"),
-        "{err}"
-    );
+    assert!(err.contains("nowhere") && err.contains("config.json"), "{err}");
 }
 
 #[test]
@@ -199,11 +167,7 @@ fn export_writes_a_checkpoint_that_logits_reads_back() {
     assert!(out.status.success(), "{}", stderr(&out));
     let (shape, ids, want) = golden("prenorm_gqa8to2_bf16");
     let ids_path = dir.path().join("ids.npy");
-    write_i32_npy(
-        &ids_path,
-        &shape[..2],
-        &ids.iter().map(|&v| v as i32).collect::<Vec<_>>(),
-    );
+    write_i32_npy(&ids_path, &shape[..2], &ids.iter().map(|&v| v as i32).collect::<Vec<_>>());
     let out_path = dir.path().join("logits.npy");
     let out = xtask(&[
         "logits",

@@ -25,16 +25,10 @@ pub enum CheckpointError {
 
 impl CheckpointError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io {
-            path: path.to_path_buf(),
-            source,
-        }
+        Self::Io { path: path.to_path_buf(), source }
     }
 
     pub(crate) fn invalid(path: &Path, message: impl Into<String>) -> Self {
-        Self::Invalid {
-            path: path.to_path_buf(),
-            message: message.into(),
-        }
+        Self::Invalid { path: path.to_path_buf(), message: message.into() }
     }
 }

@@ -10,9 +10,7 @@ use burn::tensor::{Device, Tensor};
 use serde_json::{Value, json};
 
 use super::CheckpointError;
-use super::safetensors_files::{
-    NamedTensor, SafetensorsFiles, WeightDtype, write_atomic, write_checkpoint_weights,
-};
+use super::safetensors_files::{NamedTensor, SafetensorsFiles, WeightDtype, write_atomic, write_checkpoint_weights};
 use crate::attention::Attention;
 use crate::config::{ChameleonConfig, NormPlacement};
 use crate::layer::DecoderLayer;
@@ -46,20 +44,15 @@ pub struct ExportOptions {
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        Self {
-            dtype: WeightDtype::F32,
-            max_shard_bytes: None,
-        }
+        Self { dtype: WeightDtype::F32, max_shard_bytes: None }
     }
 }
 
 /// Reads `config.json` of an HF Chameleon checkpoint (transformers 4.x or 5.x).
-pub fn read_hf_config(
-    path: &Path,
-) -> Result<(ChameleonConfig, Option<VocabLayout>, Value), CheckpointError> {
+pub fn read_hf_config(path: &Path) -> Result<(ChameleonConfig, Option<VocabLayout>, Value), CheckpointError> {
     let text = std::fs::read_to_string(path).map_err(|e| CheckpointError::io(path, e))?;
-    let json: Value = serde_json::from_str(&text)
-        .map_err(|e| CheckpointError::invalid(path, format!("not valid JSON: {e}")))?;
+    let json: Value =
+        serde_json::from_str(&text).map_err(|e| CheckpointError::invalid(path, format!("not valid JSON: {e}")))?;
     let bad = |m: String| CheckpointError::invalid(path, m);
     let uint = |key: &str| -> Result<usize, CheckpointError> {
         json.get(key)
@@ -70,17 +63,13 @@ pub fn read_hf_config(
     let float_or = |key: &str, default: f64| -> Result<f64, CheckpointError> {
         match json.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_f64()
-                .ok_or_else(|| bad(format!("`{key}` is not a number"))),
+            Some(v) => v.as_f64().ok_or_else(|| bad(format!("`{key}` is not a number"))),
         }
     };
     let bool_or = |key: &str, default: bool| -> Result<bool, CheckpointError> {
         match json.get(key) {
             None | Some(Value::Null) => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| bad(format!("`{key}` is not a boolean"))),
+            Some(v) => v.as_bool().ok_or_else(|| bad(format!("`{key}` is not a boolean"))),
         }
     };
     if let Some(t) = json.get("model_type").and_then(Value::as_str)
@@ -91,9 +80,7 @@ pub fn read_hf_config(
     if let Some(act) = json.get("hidden_act").and_then(Value::as_str)
         && act != "silu"
     {
-        return Err(bad(format!(
-            "`hidden_act` is {act:?}; Chameleon uses \"silu\""
-        )));
+        return Err(bad(format!("`hidden_act` is {act:?}; Chameleon uses \"silu\"")));
     }
     // transformers 5.x: rope_parameters {rope_type, rope_theta}; 4.x: rope_theta + rope_scaling.
     let rope_theta = match json.get("rope_parameters") {
@@ -105,17 +92,15 @@ pub fn read_hf_config(
                     "`rope_parameters.rope_type` is {kind:?}; only \"default\" RoPE is supported"
                 )));
             }
-            p.get("rope_theta").and_then(Value::as_f64).ok_or_else(|| {
-                bad("`rope_parameters.rope_theta` is missing or not a number".into())
-            })?
+            p.get("rope_theta")
+                .and_then(Value::as_f64)
+                .ok_or_else(|| bad("`rope_parameters.rope_theta` is missing or not a number".into()))?
         }
         _ => {
             if let Some(s) = json.get("rope_scaling")
                 && !s.is_null()
             {
-                return Err(bad(format!(
-                    "`rope_scaling` is {s}; only unscaled RoPE is supported"
-                )));
+                return Err(bad(format!("`rope_scaling` is {s}; only unscaled RoPE is supported")));
             }
             float_or("rope_theta", 10000.0)?
         }
@@ -125,42 +110,28 @@ pub fn read_hf_config(
         None | Some(Value::Null) => heads,
         Some(_) => uint("num_key_value_heads")?,
     };
-    let config = ChameleonConfig::new(
-        uint("vocab_size")?,
-        uint("hidden_size")?,
-        uint("num_hidden_layers")?,
-        heads,
-    )
-    .with_n_kv_heads(Some(kv_heads))
-    .with_ffn_dim(Some(uint("intermediate_size")?))
-    .with_rope_theta(rope_theta)
-    .with_max_seq_len(
-        json.get("max_position_embeddings")
-            .and_then(Value::as_u64)
-            .unwrap_or(4096) as usize,
-    )
-    .with_norm_eps(float_or("rms_norm_eps", 1e-5)?)
-    .with_qk_norm(bool_or("qk_norm", true)?)
-    .with_norm_placement(if bool_or("swin_norm", false)? {
-        NormPlacement::Reordered
-    } else {
-        NormPlacement::PreNorm
-    })
-    .with_attention_dropout(float_or("attention_dropout", 0.0)?)
-    .with_attention_bias(bool_or("attention_bias", false)?)
-    .with_mlp_bias(bool_or("mlp_bias", false)?)
-    .with_init_std(float_or("initializer_range", 0.02)?);
-    config
-        .validate()
-        .map_err(|m| bad(format!("config does not describe a valid model: {m}")))?;
+    let config = ChameleonConfig::new(uint("vocab_size")?, uint("hidden_size")?, uint("num_hidden_layers")?, heads)
+        .with_n_kv_heads(Some(kv_heads))
+        .with_ffn_dim(Some(uint("intermediate_size")?))
+        .with_rope_theta(rope_theta)
+        .with_max_seq_len(json.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(4096) as usize)
+        .with_norm_eps(float_or("rms_norm_eps", 1e-5)?)
+        .with_qk_norm(bool_or("qk_norm", true)?)
+        .with_norm_placement(if bool_or("swin_norm", false)? {
+            NormPlacement::Reordered
+        } else {
+            NormPlacement::PreNorm
+        })
+        .with_attention_dropout(float_or("attention_dropout", 0.0)?)
+        .with_attention_bias(bool_or("attention_bias", false)?)
+        .with_mlp_bias(bool_or("mlp_bias", false)?)
+        .with_init_std(float_or("initializer_range", 0.02)?);
+    config.validate().map_err(|m| bad(format!("config does not describe a valid model: {m}")))?;
     let vocab = match json.get("vocabulary_map") {
         None | Some(Value::Null) => None,
         Some(map) => {
-            let map: BTreeMap<String, u32> = serde_json::from_value(map.clone()).map_err(|e| {
-                bad(format!(
-                    "`vocabulary_map` is not a map of names to token ids: {e}"
-                ))
-            })?;
+            let map: BTreeMap<String, u32> = serde_json::from_value(map.clone())
+                .map_err(|e| bad(format!("`vocabulary_map` is not a map of names to token ids: {e}")))?;
             Some(
                 VocabLayout::from_vocabulary_map(&map, config.vocab_size)
                     .map_err(|m| bad(format!("vocabulary_map: {m}")))?,
@@ -177,25 +148,14 @@ pub fn read_hf_config(
 pub fn load_hf_checkpoint(dir: &Path, device: &Device) -> Result<HfCheckpoint, CheckpointError> {
     let (config, vocab, hf_config) = read_hf_config(&dir.join("config.json"))?;
     let files = SafetensorsFiles::open_dir(dir)?;
-    let tie = hf_config
-        .get("tie_word_embeddings")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let loader = Loader {
-        files: &files,
-        device,
-        used: RefCell::new(HashSet::new()),
-    };
+    let tie = hf_config.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false);
+    let loader = Loader { files: &files, device, used: RefCell::new(HashSet::new()) };
     let model = loader.model(&config, tie)?;
     let used = loader.used.into_inner();
     let unexpected: Vec<&str> = files
         .names()
         .into_iter()
-        .filter(|n| {
-            !used.contains(*n)
-                && !n.starts_with("model.vqmodel.")
-                && !n.ends_with("rotary_emb.inv_freq")
-        })
+        .filter(|n| !used.contains(*n) && !n.starts_with("model.vqmodel.") && !n.ends_with("rotary_emb.inv_freq"))
         .collect();
     if !unexpected.is_empty() {
         let shown: Vec<&str> = unexpected.iter().take(5).copied().collect();
@@ -209,24 +169,11 @@ pub fn load_hf_checkpoint(dir: &Path, device: &Device) -> Result<HfCheckpoint, C
         ));
     }
     let mut vq_tensors = Vec::new();
-    for name in files
-        .names()
-        .into_iter()
-        .filter(|n| n.starts_with("model.vqmodel."))
-    {
+    for name in files.names().into_iter().filter(|n| n.starts_with("model.vqmodel.")) {
         let shape = files.shape(name).expect("listed").to_vec();
-        vq_tensors.push(NamedTensor {
-            name: name.to_string(),
-            values: files.read_f32(name, &shape)?,
-            shape,
-        });
+        vq_tensors.push(NamedTensor { name: name.to_string(), values: files.read_f32(name, &shape)?, shape });
     }
-    Ok(HfCheckpoint {
-        model,
-        vocab,
-        hf_config,
-        vq_tensors,
-    })
+    Ok(HfCheckpoint { model, vocab, hf_config, vq_tensors })
 }
 
 struct Loader<'a> {
@@ -236,59 +183,31 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn get<const D: usize>(
-        &self,
-        name: &str,
-        shape: [usize; D],
-    ) -> Result<Tensor<D>, CheckpointError> {
+    fn get<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>, CheckpointError> {
         let t = self.files.tensor(name, shape, self.device)?;
         self.used.borrow_mut().insert(name.to_string());
         Ok(t)
     }
 
-    fn param<const D: usize>(
-        &self,
-        name: &str,
-        shape: [usize; D],
-    ) -> Result<Param<Tensor<D>>, CheckpointError> {
+    fn param<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>, CheckpointError> {
         self.get(name, shape).map(Param::from_tensor)
     }
 
     /// PyTorch `[out, in]` -> burn `[in, out]`.
-    fn linear(
-        &self,
-        prefix: &str,
-        d_in: usize,
-        d_out: usize,
-        bias: bool,
-    ) -> Result<Linear, CheckpointError> {
-        let weight = self
-            .get(&format!("{prefix}.weight"), [d_out, d_in])?
-            .transpose();
+    fn linear(&self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear, CheckpointError> {
+        let weight = self.get(&format!("{prefix}.weight"), [d_out, d_in])?.transpose();
         let bias = match bias {
             true => Some(self.param(&format!("{prefix}.bias"), [d_out])?),
             false => None,
         };
-        Ok(Linear {
-            weight: Param::from_tensor(weight),
-            bias,
-        })
+        Ok(Linear { weight: Param::from_tensor(weight), bias })
     }
 
     fn rms(&self, prefix: &str, d: usize, eps: f64) -> Result<RmsNorm, CheckpointError> {
-        Ok(RmsNorm {
-            weight: self.param(&format!("{prefix}.weight"), [d])?,
-            eps,
-        })
+        Ok(RmsNorm { weight: self.param(&format!("{prefix}.weight"), [d])?, eps })
     }
 
-    fn head_norm(
-        &self,
-        prefix: &str,
-        heads: usize,
-        hd: usize,
-        eps: f64,
-    ) -> Result<HeadLayerNorm, CheckpointError> {
+    fn head_norm(&self, prefix: &str, heads: usize, hd: usize, eps: f64) -> Result<HeadLayerNorm, CheckpointError> {
         Ok(HeadLayerNorm {
             weight: self.param(&format!("{prefix}.weight"), [heads, hd])?,
             bias: self.param(&format!("{prefix}.bias"), [heads, hd])?,
@@ -297,13 +216,7 @@ impl Loader<'_> {
     }
 
     fn model(&self, c: &ChameleonConfig, tie: bool) -> Result<Chameleon, CheckpointError> {
-        let (d, hd, h, kvh, ffn) = (
-            c.d_model,
-            c.head_dim(),
-            c.n_heads,
-            c.kv_heads(),
-            c.ffn_hidden(),
-        );
+        let (d, hd, h, kvh, ffn) = (c.d_model, c.head_dim(), c.n_heads, c.kv_heads(), c.ffn_hidden());
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let p = format!("model.layers.{i}");
@@ -332,28 +245,19 @@ impl Loader<'_> {
                     down_proj: self.linear(&format!("{p}.mlp.down_proj"), ffn, d, c.mlp_bias)?,
                 },
                 input_layernorm: self.rms(&format!("{p}.input_layernorm"), d, c.norm_eps)?,
-                post_attention_layernorm: self.rms(
-                    &format!("{p}.post_attention_layernorm"),
-                    d,
-                    c.norm_eps,
-                )?,
+                post_attention_layernorm: self.rms(&format!("{p}.post_attention_layernorm"), d, c.norm_eps)?,
                 resid_dropout: DropoutConfig::new(c.residual_dropout).init(),
                 norm_placement: c.norm_placement,
             });
         }
         let embedding = self.get("model.embed_tokens.weight", [c.vocab_size, d])?;
         let lm_head = if tie && !self.files.contains("lm_head.weight") {
-            Linear {
-                weight: Param::from_tensor(embedding.clone().transpose()),
-                bias: None,
-            }
+            Linear { weight: Param::from_tensor(embedding.clone().transpose()), bias: None }
         } else {
             self.linear("lm_head", d, c.vocab_size, false)?
         };
         Ok(Chameleon {
-            embed_tokens: Embedding {
-                weight: Param::from_tensor(embedding),
-            },
+            embed_tokens: Embedding { weight: Param::from_tensor(embedding) },
             layers,
             norm: self.rms("model.norm", d, c.norm_eps)?,
             lm_head,
@@ -364,19 +268,12 @@ impl Loader<'_> {
 
 fn named<const D: usize>(name: String, t: Tensor<D>) -> NamedTensor {
     let shape = t.dims().to_vec();
-    NamedTensor {
-        name,
-        shape,
-        values: t.into_data().try_to_vec::<f32>().expect("f32 weights"),
-    }
+    NamedTensor { name, shape, values: t.into_data().try_to_vec::<f32>().expect("f32 weights") }
 }
 
 /// PyTorch `[out, in]` from burn `[in, out]`.
 fn push_linear(out: &mut Vec<NamedTensor>, prefix: &str, l: &Linear) {
-    out.push(named(
-        format!("{prefix}.weight"),
-        l.weight.val().transpose(),
-    ));
+    out.push(named(format!("{prefix}.weight"), l.weight.val().transpose()));
     if let Some(b) = &l.bias {
         out.push(named(format!("{prefix}.bias"), b.val()));
     }
@@ -384,46 +281,25 @@ fn push_linear(out: &mut Vec<NamedTensor>, prefix: &str, l: &Linear) {
 
 /// The state dict of a model under HF names, in PyTorch layout.
 fn state_dict(model: &Chameleon) -> Vec<NamedTensor> {
-    let mut out = vec![named(
-        "model.embed_tokens.weight".into(),
-        model.embed_tokens.weight.val(),
-    )];
+    let mut out = vec![named("model.embed_tokens.weight".into(), model.embed_tokens.weight.val())];
     for (i, layer) in model.layers.iter().enumerate() {
         let p = format!("model.layers.{i}");
         let a = &layer.self_attn;
-        for (name, l) in [
-            ("q_proj", &a.q_proj),
-            ("k_proj", &a.k_proj),
-            ("v_proj", &a.v_proj),
-            ("o_proj", &a.o_proj),
-        ] {
+        for (name, l) in [("q_proj", &a.q_proj), ("k_proj", &a.k_proj), ("v_proj", &a.v_proj), ("o_proj", &a.o_proj)] {
             push_linear(&mut out, &format!("{p}.self_attn.{name}"), l);
         }
         for (name, norm) in [("q_norm", &a.q_norm), ("k_norm", &a.k_norm)] {
             if let Some(norm) = norm {
-                out.push(named(
-                    format!("{p}.self_attn.{name}.weight"),
-                    norm.weight.val(),
-                ));
+                out.push(named(format!("{p}.self_attn.{name}.weight"), norm.weight.val()));
                 out.push(named(format!("{p}.self_attn.{name}.bias"), norm.bias.val()));
             }
         }
         let m = &layer.mlp;
-        for (name, l) in [
-            ("gate_proj", &m.gate_proj),
-            ("up_proj", &m.up_proj),
-            ("down_proj", &m.down_proj),
-        ] {
+        for (name, l) in [("gate_proj", &m.gate_proj), ("up_proj", &m.up_proj), ("down_proj", &m.down_proj)] {
             push_linear(&mut out, &format!("{p}.mlp.{name}"), l);
         }
-        out.push(named(
-            format!("{p}.input_layernorm.weight"),
-            layer.input_layernorm.weight.val(),
-        ));
-        out.push(named(
-            format!("{p}.post_attention_layernorm.weight"),
-            layer.post_attention_layernorm.weight.val(),
-        ));
+        out.push(named(format!("{p}.input_layernorm.weight"), layer.input_layernorm.weight.val()));
+        out.push(named(format!("{p}.post_attention_layernorm.weight"), layer.post_attention_layernorm.weight.val()));
     }
     out.push(named("model.norm.weight".into(), model.norm.weight.val()));
     push_linear(&mut out, "lm_head", &model.lm_head);
@@ -446,11 +322,7 @@ pub fn save_hf_checkpoint(
     if vocab.vocab_size() != c.vocab_size {
         return Err(CheckpointError::invalid(
             dir,
-            format!(
-                "vocabulary layout has {} ids but the model has {}",
-                vocab.vocab_size(),
-                c.vocab_size
-            ),
+            format!("vocabulary layout has {} ids but the model has {}", vocab.vocab_size(), c.vocab_size),
         ));
     }
     std::fs::create_dir_all(dir).map_err(|e| CheckpointError::io(dir, e))?;

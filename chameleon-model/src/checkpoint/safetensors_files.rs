@@ -38,9 +38,7 @@ impl std::str::FromStr for WeightDtype {
             "f32" | "float32" => Ok(Self::F32),
             "f16" | "float16" => Ok(Self::F16),
             "bf16" | "bfloat16" => Ok(Self::BF16),
-            other => Err(format!(
-                "unknown dtype {other:?}: expected f32, f16 or bf16"
-            )),
+            other => Err(format!("unknown dtype {other:?}: expected f32, f16 or bf16")),
         }
     }
 }
@@ -70,10 +68,7 @@ impl SafetensorsFiles {
             return Self::open_file(&single);
         }
         if !index.is_file() {
-            return Err(CheckpointError::invalid(
-                dir,
-                format!("no {SINGLE_FILE} or {INDEX_FILE} in this directory"),
-            ));
+            return Err(CheckpointError::invalid(dir, format!("no {SINGLE_FILE} or {INDEX_FILE} in this directory")));
         }
         let text = std::fs::read_to_string(&index).map_err(|e| CheckpointError::io(&index, e))?;
         let json: serde_json::Value = serde_json::from_str(&text)
@@ -86,10 +81,7 @@ impl SafetensorsFiles {
         let mut wanted: Vec<(String, String)> = Vec::new();
         for (tensor, file) in weight_map {
             let file = file.as_str().ok_or_else(|| {
-                CheckpointError::invalid(
-                    &index,
-                    format!("weight_map entry `{tensor}` is not a file name"),
-                )
+                CheckpointError::invalid(&index, format!("weight_map entry `{tensor}` is not a file name"))
             })?;
             if !shard_names.iter().any(|s| s == file) {
                 shard_names.push(file.to_string());
@@ -102,41 +94,23 @@ impl SafetensorsFiles {
         }
         let mut location = HashMap::new();
         for (tensor, file) in wanted {
-            let i = shard_names
-                .iter()
-                .position(|s| *s == file)
-                .expect("shard listed above");
+            let i = shard_names.iter().position(|s| *s == file).expect("shard listed above");
             if files[i].metadata.info(&tensor).is_none() {
                 return Err(CheckpointError::invalid(
                     &files[i].path,
-                    format!(
-                        "{INDEX_FILE} places tensor `{tensor}` in this shard, but the shard does not hold it"
-                    ),
+                    format!("{INDEX_FILE} places tensor `{tensor}` in this shard, but the shard does not hold it"),
                 ));
             }
             location.insert(tensor, i);
         }
-        Ok(Self {
-            origin: index,
-            files,
-            location,
-        })
+        Ok(Self { origin: index, files, location })
     }
 
     /// Opens one safetensors file.
     pub fn open_file(path: &Path) -> Result<Self, CheckpointError> {
         let file = MappedFile::open(path)?;
-        let location = file
-            .metadata
-            .tensors()
-            .into_keys()
-            .map(|name| (name, 0))
-            .collect();
-        Ok(Self {
-            origin: path.to_path_buf(),
-            files: vec![file],
-            location,
-        })
+        let location = file.metadata.tensors().into_keys().map(|name| (name, 0)).collect();
+        Ok(Self { origin: path.to_path_buf(), files: vec![file], location })
     }
 
     /// The index file or the single file: the place to name in errors about the whole set.
@@ -165,46 +139,26 @@ impl SafetensorsFiles {
     /// Reads a tensor as f32, checking its shape.
     pub fn read_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, CheckpointError> {
         let Some(&i) = self.location.get(name) else {
-            return Err(CheckpointError::invalid(
-                &self.origin,
-                format!("missing tensor `{name}`"),
-            ));
+            return Err(CheckpointError::invalid(&self.origin, format!("missing tensor `{name}`")));
         };
         let file = &self.files[i];
-        let info = file
-            .metadata
-            .info(name)
-            .expect("location comes from metadata");
+        let info = file.metadata.info(name).expect("location comes from metadata");
         if info.shape != shape {
             return Err(CheckpointError::invalid(
                 &file.path,
-                format!(
-                    "tensor `{name}` has shape {:?}, the config expects {shape:?}",
-                    info.shape
-                ),
+                format!("tensor `{name}` has shape {:?}, the config expects {shape:?}", info.shape),
             ));
         }
         let start = 8 + file.header_len + info.data_offsets.0;
         let bytes = &file.mmap[start..8 + file.header_len + info.data_offsets.1];
         let values = match info.dtype {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
-                .collect(),
+            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             other => {
                 return Err(CheckpointError::invalid(
                     &file.path,
-                    format!(
-                        "tensor `{name}` has dtype {other:?}; only F32, F16 and BF16 weights are supported"
-                    ),
+                    format!("tensor `{name}` has dtype {other:?}; only F32, F16 and BF16 weights are supported"),
                 ));
             }
         };
@@ -230,17 +184,9 @@ impl MappedFile {
         // as with every safetensors loader.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| CheckpointError::io(path, e))?;
         let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
-            CheckpointError::invalid(
-                path,
-                format!("not a valid safetensors file (truncated or corrupt?): {e}"),
-            )
+            CheckpointError::invalid(path, format!("not a valid safetensors file (truncated or corrupt?): {e}"))
         })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            mmap,
-            header_len,
-            metadata,
-        })
+        Ok(Self { path: path.to_path_buf(), mmap, header_len, metadata })
     }
 }
 
@@ -278,30 +224,13 @@ impl View for &Encoded {
 
 fn encode(t: &NamedTensor, dtype: WeightDtype) -> Encoded {
     let (st, bytes): (Dtype, Vec<u8>) = match dtype {
-        WeightDtype::F32 => (
-            Dtype::F32,
-            t.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        ),
-        WeightDtype::F16 => (
-            Dtype::F16,
-            t.values
-                .iter()
-                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
-                .collect(),
-        ),
-        WeightDtype::BF16 => (
-            Dtype::BF16,
-            t.values
-                .iter()
-                .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
-                .collect(),
-        ),
+        WeightDtype::F32 => (Dtype::F32, t.values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        WeightDtype::F16 => (Dtype::F16, t.values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()),
+        WeightDtype::BF16 => {
+            (Dtype::BF16, t.values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect())
+        }
     };
-    Encoded {
-        dtype: st,
-        shape: t.shape.clone(),
-        bytes,
-    }
+    Encoded { dtype: st, shape: t.shape.clone(), bytes }
 }
 
 /// Writes `tensors` to `dir` as `model.safetensors`, or as shards of at most `max_shard_bytes`
@@ -313,10 +242,7 @@ pub fn write_checkpoint_weights(
     dtype: WeightDtype,
     max_shard_bytes: Option<usize>,
 ) -> Result<(), CheckpointError> {
-    let encoded: Vec<(&str, Encoded)> = tensors
-        .iter()
-        .map(|t| (t.name.as_str(), encode(t, dtype)))
-        .collect();
+    let encoded: Vec<(&str, Encoded)> = tensors.iter().map(|t| (t.name.as_str(), encode(t, dtype))).collect();
     let total: usize = encoded.iter().map(|(_, e)| e.bytes.len()).sum();
     let limit = max_shard_bytes.unwrap_or(usize::MAX).max(1);
     let mut shards: Vec<Vec<usize>> = vec![Vec::new()];
@@ -333,24 +259,19 @@ pub fn write_checkpoint_weights(
     if shards.len() == 1 {
         let path = dir.join(SINGLE_FILE);
         let views = encoded.iter().map(|(n, e)| (*n, e));
-        return write_atomic(&path, |tmp| {
-            safetensors::serialize_to_file(views, Some(metadata.clone()), tmp)
-        });
+        return write_atomic(&path, |tmp| safetensors::serialize_to_file(views, Some(metadata.clone()), tmp));
     }
     let mut weight_map = BTreeMap::new();
     let n = shards.len();
     for (k, shard) in shards.iter().enumerate() {
         let file = format!("model-{:05}-of-{n:05}.safetensors", k + 1);
         let views = shard.iter().map(|&i| (encoded[i].0, &encoded[i].1));
-        write_atomic(&dir.join(&file), |tmp| {
-            safetensors::serialize_to_file(views, Some(metadata.clone()), tmp)
-        })?;
+        write_atomic(&dir.join(&file), |tmp| safetensors::serialize_to_file(views, Some(metadata.clone()), tmp))?;
         for &i in shard {
             weight_map.insert(encoded[i].0.to_string(), file.clone());
         }
     }
-    let index =
-        serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+    let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
     let text = serde_json::to_string_pretty(&index).expect("JSON of strings");
     write_atomic(&dir.join(INDEX_FILE), |tmp| std::fs::write(tmp, &text))
 }

@@ -18,9 +18,7 @@ use burn::tensor::{Device, Tensor};
 use serde_json::{Value, json};
 
 use super::CheckpointError;
-use super::safetensors_files::{
-    NamedTensor, SafetensorsFiles, WeightDtype, write_atomic, write_checkpoint_weights,
-};
+use super::safetensors_files::{NamedTensor, SafetensorsFiles, WeightDtype, write_atomic, write_checkpoint_weights};
 use crate::vq::{VqConfig, VqVae};
 
 /// File of our own tokenizer's config.
@@ -36,33 +34,22 @@ fn parse_vq_config(json: &Value, path: &Path) -> Result<VqConfig, CheckpointErro
         json.get(key)
             .and_then(Value::as_u64)
             .map(|v| v as usize)
-            .ok_or_else(|| {
-                bad(format!(
-                    "vq_config `{key}` is missing or not a non-negative integer"
-                ))
-            })
+            .ok_or_else(|| bad(format!("vq_config `{key}` is missing or not a non-negative integer")))
     };
     let list = |key: &str| -> Result<Vec<usize>, CheckpointError> {
         match json.get(key) {
             None | Some(Value::Null) => Ok(Vec::new()),
-            Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
-                bad(format!(
-                    "vq_config `{key}` is not a list of non-negative integers"
-                ))
-            }),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|_| bad(format!("vq_config `{key}` is not a list of non-negative integers"))),
         }
     };
     if json.get("double_latent").and_then(Value::as_bool) == Some(true) {
-        return Err(bad(
-            "vq_config `double_latent` = true is not supported (Chameleon uses false)".into(),
-        ));
+        return Err(bad("vq_config `double_latent` = true is not supported (Chameleon uses false)".into()));
     }
     if let Some(t) = json.get("attn_type").and_then(Value::as_str)
         && t != "vanilla"
     {
-        return Err(bad(format!(
-            "vq_config `attn_type` = {t:?}; only \"vanilla\" is supported"
-        )));
+        return Err(bad(format!("vq_config `attn_type` = {t:?}; only \"vanilla\" is supported")));
     }
     let config = VqConfig::new()
         .with_resolution(uint("resolution")?)
@@ -75,11 +62,7 @@ fn parse_vq_config(json: &Value, path: &Path) -> Result<VqConfig, CheckpointErro
         .with_embed_dim(uint("embed_dim")?)
         .with_num_embeddings(uint("num_embeddings")?)
         .with_beta(json.get("beta").and_then(Value::as_f64).unwrap_or(0.25));
-    config.validate().map_err(|m| {
-        bad(format!(
-            "vq_config does not describe a valid tokenizer: {m}"
-        ))
-    })?;
+    config.validate().map_err(|m| bad(format!("vq_config does not describe a valid tokenizer: {m}")))?;
     Ok(config)
 }
 
@@ -104,34 +87,19 @@ fn vq_config_json(c: &VqConfig) -> Value {
 /// Loads a VQ-VAE tokenizer from a directory: our own (`vq_config.json` + `vqgan.safetensors`)
 /// or an HF Chameleon checkpoint (`config.json` with `vq_config`, `model.vqmodel.*`). A decoder
 /// in Meta's naming can come from `decoder_file`; it replaces any decoder in the directory.
-pub fn load_vq_checkpoint(
-    dir: &Path,
-    decoder_file: Option<&Path>,
-    device: &Device,
-) -> Result<VqVae, CheckpointError> {
+pub fn load_vq_checkpoint(dir: &Path, decoder_file: Option<&Path>, device: &Device) -> Result<VqVae, CheckpointError> {
     let ours = dir.join(VQ_CONFIG_FILE);
     let (config, files, prefix) = if ours.is_file() {
         let json = read_json(&ours)?;
         let config = parse_vq_config(&json, &ours)?;
-        (
-            config,
-            SafetensorsFiles::open_file(&dir.join(VQ_WEIGHTS_FILE))?,
-            "",
-        )
+        (config, SafetensorsFiles::open_file(&dir.join(VQ_WEIGHTS_FILE))?, "")
     } else {
         let path = dir.join("config.json");
         let json = read_json(&path)?;
         let vq = json.get("vq_config").ok_or_else(|| {
-            CheckpointError::invalid(
-                &path,
-                format!("no `vq_config` here, and no {VQ_CONFIG_FILE} beside it"),
-            )
+            CheckpointError::invalid(&path, format!("no `vq_config` here, and no {VQ_CONFIG_FILE} beside it"))
         })?;
-        (
-            parse_vq_config(vq, &path)?,
-            SafetensorsFiles::open_dir(dir)?,
-            HF_PREFIX,
-        )
+        (parse_vq_config(vq, &path)?, SafetensorsFiles::open_dir(dir)?, HF_PREFIX)
     };
     let mut model = config.init(device);
     let fresh_decoder = model.decoder.take().expect("init builds a decoder");
@@ -154,8 +122,7 @@ pub fn load_vq_checkpoint(
             Some(decoder)
         }
         None if files.contains(&format!("{inline_decoder}conv_in.weight")) => {
-            let (decoder, used_by_decoder) =
-                load_into(fresh_decoder, &files, &inline_decoder, device)?;
+            let (decoder, used_by_decoder) = load_into(fresh_decoder, &files, &inline_decoder, device)?;
             used.extend(used_by_decoder);
             Some(decoder)
         }
@@ -163,29 +130,15 @@ pub fn load_vq_checkpoint(
     };
     if decoder_file.is_some() {
         // A decoder file replaces any decoder in the directory; those tensors are left on purpose.
-        used.extend(
-            files
-                .names()
-                .into_iter()
-                .filter(|n| n.starts_with(&inline_decoder))
-                .map(String::from),
-        );
+        used.extend(files.names().into_iter().filter(|n| n.starts_with(&inline_decoder)).map(String::from));
     }
     refuse_unused(&files, prefix, &used)?;
     Ok(model)
 }
 
 /// Tensors under `prefix` that the config has no place for mean the config and weights disagree.
-fn refuse_unused(
-    files: &SafetensorsFiles,
-    prefix: &str,
-    used: &HashSet<String>,
-) -> Result<(), CheckpointError> {
-    let unused: Vec<&str> = files
-        .names()
-        .into_iter()
-        .filter(|n| n.starts_with(prefix) && !used.contains(*n))
-        .collect();
+fn refuse_unused(files: &SafetensorsFiles, prefix: &str, used: &HashSet<String>) -> Result<(), CheckpointError> {
+    let unused: Vec<&str> = files.names().into_iter().filter(|n| n.starts_with(prefix) && !used.contains(*n)).collect();
     if unused.is_empty() {
         return Ok(());
     }
@@ -203,17 +156,13 @@ fn refuse_unused(
 /// Writes a tokenizer as `vq_config.json` + `vqgan.safetensors` (Meta's naming, unprefixed).
 pub fn save_vq_checkpoint(model: &VqVae, dir: &Path) -> Result<(), CheckpointError> {
     std::fs::create_dir_all(dir).map_err(|e| CheckpointError::io(dir, e))?;
-    let mut collector = Collector {
-        path: Vec::new(),
-        out: Vec::new(),
-    };
+    let mut collector = Collector { path: Vec::new(), out: Vec::new() };
     model.visit(&mut collector);
     let weights = dir.join(VQ_WEIGHTS_FILE);
     let tmp_dir = dir.join(".vq-write");
     std::fs::create_dir_all(&tmp_dir).map_err(|e| CheckpointError::io(&tmp_dir, e))?;
     write_checkpoint_weights(&tmp_dir, &collector.out, WeightDtype::F32, None)?;
-    std::fs::rename(tmp_dir.join(super::SINGLE_FILE), &weights)
-        .map_err(|e| CheckpointError::io(&weights, e))?;
+    std::fs::rename(tmp_dir.join(super::SINGLE_FILE), &weights).map_err(|e| CheckpointError::io(&weights, e))?;
     let _ = std::fs::remove_dir(&tmp_dir);
     let text = serde_json::to_string_pretty(&vq_config_json(&model.config)).expect("JSON");
     write_atomic(&dir.join(VQ_CONFIG_FILE), |tmp| std::fs::write(tmp, &text))
@@ -221,8 +170,7 @@ pub fn save_vq_checkpoint(model: &VqVae, dir: &Path) -> Result<(), CheckpointErr
 
 fn read_json(path: &Path) -> Result<Value, CheckpointError> {
     let text = std::fs::read_to_string(path).map_err(|e| CheckpointError::io(path, e))?;
-    serde_json::from_str(&text)
-        .map_err(|e| CheckpointError::invalid(path, format!("not valid JSON: {e}")))
+    serde_json::from_str(&text).map_err(|e| CheckpointError::invalid(path, format!("not valid JSON: {e}")))
 }
 
 /// PyTorch name of a parameter at a module path.
@@ -245,14 +193,7 @@ fn load_into<M: Module>(
     prefix: &str,
     device: &Device,
 ) -> Result<(M, HashSet<String>), CheckpointError> {
-    let mut loader = Loader {
-        files,
-        prefix,
-        device,
-        path: Vec::new(),
-        error: None,
-        used: RefCell::default(),
-    };
+    let mut loader = Loader { files, prefix, device, path: Vec::new(), error: None, used: RefCell::default() };
     let module = module.map(&mut loader);
     match loader.error {
         Some(e) => Err(e),
@@ -315,10 +256,6 @@ impl ModuleVisitor for Collector {
         let t = param.val();
         let shape = t.dims().to_vec();
         let values = t.into_data().try_to_vec::<f32>().expect("f32 weights");
-        self.out.push(NamedTensor {
-            name: torch_name(&self.path),
-            shape,
-            values,
-        });
+        self.out.push(NamedTensor { name: torch_name(&self.path), shape, values });
     }
 }

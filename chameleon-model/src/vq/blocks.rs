@@ -8,9 +8,7 @@ use burn::tensor::{Device, Tensor};
 
 /// GroupNorm with 32 groups and ε = 1e-6, as everywhere in the VQGAN.
 pub fn normalize(channels: usize, device: &Device) -> GroupNorm {
-    GroupNormConfig::new(32, channels)
-        .with_epsilon(1e-6)
-        .init(device)
+    GroupNormConfig::new(32, channels).with_epsilon(1e-6).init(device)
 }
 
 /// A 3×3 convolution with padding 1 (or a 1×1 one without padding).
@@ -91,11 +89,7 @@ impl AttnBlock {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let n = self.norm.forward(x.clone());
-        let q = self
-            .q
-            .forward(n.clone())
-            .reshape([b, c, h * w])
-            .swap_dims(1, 2); // [b, hw, c]
+        let q = self.q.forward(n.clone()).reshape([b, c, h * w]).swap_dims(1, 2); // [b, hw, c]
         let k = self.k.forward(n.clone()).reshape([b, c, h * w]); // [b, c, hw]
         let v = self.v.forward(n).reshape([b, c, h * w]).swap_dims(1, 2); // [b, hw, c]
         let weights = softmax(q.matmul(k).mul_scalar((c as f64).powf(-0.5)), 2); // [b, hw_q, hw_k]
@@ -138,18 +132,13 @@ pub struct Upsample {
 impl Upsample {
     /// A fresh upsampler.
     pub fn new(c: usize, device: &Device) -> Self {
-        Self {
-            conv: conv(c, c, 3, device),
-        }
+        Self { conv: conv(c, c, 3, device) }
     }
 
     /// `x`: `[batch, channels, h, w]` -> `[batch, channels, 2h, 2w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let up = x
-            .reshape([b, c, h, 1, w, 1])
-            .expand([b, c, h, 2, w, 2])
-            .reshape([b, c, 2 * h, 2 * w]);
+        let up = x.reshape([b, c, h, 1, w, 1]).expand([b, c, h, 2, w, 2]).reshape([b, c, 2 * h, 2 * w]);
         self.conv.forward(up)
     }
 }

@@ -84,10 +84,7 @@ impl VqConfig {
             }
         }
         if !self.latent_channels.is_multiple_of(32) {
-            return Err(format!(
-                "`latent_channels` = {} must be a multiple of 32",
-                self.latent_channels
-            ));
+            return Err(format!("`latent_channels` = {} must be a multiple of 32", self.latent_channels));
         }
         Ok(())
     }

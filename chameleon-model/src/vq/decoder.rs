@@ -61,14 +61,7 @@ impl Decoder {
             if upsample.is_some() {
                 res *= 2;
             }
-            up.insert(
-                0,
-                UpLevel {
-                    block,
-                    attn,
-                    upsample,
-                },
-            );
+            up.insert(0, UpLevel { block, attn, upsample });
         }
         Self {
             conv_in,

@@ -43,8 +43,7 @@ impl Mid {
 
     /// Block, attention, block.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.block_2
-            .forward(self.attn_1.forward(self.block_1.forward(x)))
+        self.block_2.forward(self.attn_1.forward(self.block_1.forward(x)))
     }
 }
 
@@ -86,11 +85,7 @@ impl Encoder {
             if downsample.is_some() {
                 res /= 2;
             }
-            down.push(DownLevel {
-                block,
-                attn,
-                downsample,
-            });
+            down.push(DownLevel { block, attn, downsample });
         }
         Self {
             conv_in: conv(c.in_channels, base, 3, device),

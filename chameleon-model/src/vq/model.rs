@@ -87,14 +87,7 @@ impl VqVae {
     pub fn forward(&self, pixels: Tensor<4>) -> VqOutput {
         let latent = self.latent(pixels);
         let Quantized { z_q, loss, indices } = self.quantize.forward(latent.clone());
-        let reconstruction = self
-            .decode_latent(z_q)
-            .expect("training a VQ-VAE needs its decoder");
-        VqOutput {
-            reconstruction,
-            vq_loss: loss,
-            codes: indices,
-            latent,
-        }
+        let reconstruction = self.decode_latent(z_q).expect("training a VQ-VAE needs its decoder");
+        VqOutput { reconstruction, vq_loss: loss, codes: indices, latent }
     }
 }

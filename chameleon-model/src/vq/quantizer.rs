@@ -29,10 +29,7 @@ impl VectorQuantizer {
     pub fn new(num_embeddings: usize, embed_dim: usize, beta: f64, device: &Device) -> Self {
         let bound = 1.0 / num_embeddings as f64;
         let embedding = EmbeddingConfig::new(num_embeddings, embed_dim)
-            .with_initializer(Initializer::Uniform {
-                min: -bound,
-                max: bound,
-            })
+            .with_initializer(Initializer::Uniform { min: -bound, max: bound })
             .init(device);
         Self { embedding, beta }
     }
@@ -43,8 +40,7 @@ impl VectorQuantizer {
         let [b, c, h, w] = z.dims();
         let flat = z.permute([0, 2, 3, 1]).reshape([b * h * w, c]);
         let codebook = self.embedding.weight.val();
-        let distances = flat.clone().square().sum_dim(1)
-            + codebook.clone().square().sum_dim(1).reshape([1, -1])
+        let distances = flat.clone().square().sum_dim(1) + codebook.clone().square().sum_dim(1).reshape([1, -1])
             - flat.matmul(codebook.transpose()).mul_scalar(2.0);
         distances.argmin(1).reshape([b, h * w])
     }
@@ -53,10 +49,7 @@ impl VectorQuantizer {
     pub fn lookup(&self, codes: Tensor<2, Int>, h: usize, w: usize) -> Tensor<4> {
         let [b, _] = codes.dims();
         let c = self.embedding.weight.dims()[1];
-        self.embedding
-            .forward(codes)
-            .reshape([b, h, w, c])
-            .permute([0, 3, 1, 2])
+        self.embedding.forward(codes).reshape([b, h, w, c]).permute([0, 3, 1, 2])
     }
 
     /// Quantizes `z` with the loss and straight-through gradient of training.

@@ -15,33 +15,32 @@ pub struct NpyArray<T> {
 
 /// Reads an integer array (`<i8` or `<i4`) as i64.
 pub fn read_ints(path: &Path) -> Result<NpyArray<i64>> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let (descr, shape, body) = parse(&bytes).with_context(|| format!("{}: not a valid .npy file", path.display()))?;
-    let n: usize = shape.iter().product();
-    let data: Vec<i64> = match descr.as_str() {
-        "<i8" => body.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect(),
-        "<i4" => body.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64).collect(),
-        other => bail!("{}: dtype {other:?}; expected int64 ('<i8') or int32 ('<i4')", path.display()),
-    };
-    if data.len() != n {
-        bail!(
-            "{}: truncated: the header promises {n} values of shape {shape:?}, the file holds {}",
-            path.display(),
-            data.len()
-        );
-    }
-    Ok(NpyArray { shape, data })
+    read(path, "int64 ('<i8') or int32 ('<i4')", |descr, body| match descr {
+        "<i8" => Some(body.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))).collect()),
+        "<i4" => {
+            Some(body.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64).collect())
+        }
+        _ => None,
+    })
 }
 
 /// Reads a float array (`<f4`).
 pub fn read_f32(path: &Path) -> Result<NpyArray<f32>> {
+    read(path, "float32 ('<f4')", |descr, body| {
+        (descr == "<f4")
+            .then(|| body.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect())
+    })
+}
+
+/// Reads a file and converts its body with `convert`, which answers `None` for a dtype it does
+/// not take. Checks that the body holds as many values as the header's shape promises.
+fn read<T>(path: &Path, expected: &str, convert: impl FnOnce(&str, &[u8]) -> Option<Vec<T>>) -> Result<NpyArray<T>> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let (descr, shape, body) = parse(&bytes).with_context(|| format!("{}: not a valid .npy file", path.display()))?;
-    if descr != "<f4" {
-        bail!("{}: dtype {descr:?}; expected float32 ('<f4')", path.display());
-    }
+    let Some(data) = convert(&descr, body) else {
+        bail!("{}: dtype {descr:?}; expected {expected}", path.display());
+    };
     let n: usize = shape.iter().product();
-    let data: Vec<f32> = body.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
     if data.len() != n {
         bail!(
             "{}: truncated: the header promises {n} values of shape {shape:?}, the file holds {}",

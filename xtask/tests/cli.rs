@@ -1,29 +1,19 @@
 //! The command line as a user runs it: real files in, real files out, clear errors.
 
+mod common;
+
 #[path = "../src/npy.rs"]
 #[allow(dead_code)]
 mod npy;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
+use common::{stderr, xtask};
 use safetensors::SafeTensors;
-
-fn fixture(case: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../chameleon-model/tests/fixtures/hf").join(case)
-}
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// Golden `(ids, logits)` of a fixture, as flat vectors.
 fn golden(case: &str) -> (Vec<usize>, Vec<i64>, Vec<f32>) {
-    let bytes = std::fs::read(fixture(case).join("golden.safetensors")).unwrap();
+    let bytes = std::fs::read(common::fixture("hf", case).join("golden.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let ids = st.tensor("input_ids").unwrap();
     let ids_v = ids.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
@@ -59,7 +49,7 @@ fn assert_close(got: &[f32], want: &[f32]) {
 fn logits_from_numpy_int64_ids_match_hf() {
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("logits.npy");
-    let ck = fixture("prenorm_mha");
+    let ck = common::fixture("hf", "prenorm_mha");
     let ids = ck.join("input_ids.npy");
     let out = xtask(&[
         "logits",
@@ -86,7 +76,7 @@ fn logits_of_a_sharded_checkpoint_from_int32_ids() {
     let ids_path = dir.path().join("ids.npy");
     write_i32_npy(&ids_path, &shape[..2], &ids32);
     let out_path = dir.path().join("logits.npy");
-    let ck = fixture(case);
+    let ck = common::fixture("hf", case);
     let out = xtask(&[
         "logits",
         "--checkpoint",
@@ -103,7 +93,7 @@ fn logits_of_a_sharded_checkpoint_from_int32_ids() {
 #[test]
 fn bad_inputs_fail_with_the_file_named_and_no_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = fixture("prenorm_mha");
+    let ck = common::fixture("hf", "prenorm_mha");
     let out_path = dir.path().join("logits.npy");
     let run = |ck: &Path, ids: &Path| {
         let out = xtask(&[
@@ -154,7 +144,7 @@ fn bad_inputs_fail_with_the_file_named_and_no_panic() {
 fn export_writes_a_checkpoint_that_logits_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let exported = dir.path().join("bf16");
-    let ck = fixture("prenorm_gqa8to2_bf16");
+    let ck = common::fixture("hf", "prenorm_gqa8to2_bf16");
     let out = xtask(&[
         "export",
         "--checkpoint",

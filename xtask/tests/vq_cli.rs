@@ -1,28 +1,16 @@
 //! `cargo xtask vq encode|decode` on the committed VQ fixtures, as a user runs them.
 
+mod common;
+
 #[path = "../src/npy.rs"]
 #[allow(dead_code)]
 mod npy;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
+use common::{arg as s, stderr, xtask};
 use safetensors::SafeTensors;
 
-fn fixture(case: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../chameleon-model/tests/fixtures/vq").join(case)
-}
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask")).args(args).output().unwrap()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn golden(case: &str, name: &str) -> Vec<u8> {
-    let bytes = std::fs::read(fixture(case).join("golden.safetensors")).unwrap();
+    let bytes = std::fs::read(common::fixture("vq", case).join("golden.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     st.tensor(name).unwrap().data().to_vec()
 }
@@ -31,16 +19,12 @@ fn golden_codes(case: &str) -> Vec<i64> {
     golden(case, "codes").chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect()
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 const CASE: &str = "attn_nin_latent_ne_embed";
 
 #[test]
 fn encode_npy_pixels_gives_hf_codes_and_decode_gives_meta_pixels() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = fixture(CASE);
+    let ck = common::fixture("vq", CASE);
     let codes = dir.path().join("codes.npy");
     let out =
         xtask(&["vq", "encode", "--checkpoint", s(&ck), "--input", s(&ck.join("pixels.npy")), "--output", s(&codes)]);
@@ -95,7 +79,7 @@ fn encode_npy_pixels_gives_hf_codes_and_decode_gives_meta_pixels() {
 #[test]
 fn encode_image_files_matches_encoding_their_pixels() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = fixture(CASE);
+    let ck = common::fixture("vq", CASE);
     // Two 16x16 PNGs whose pixels are exact in 8 bits.
     let mut paths = Vec::new();
     for k in 0..2u32 {
@@ -133,7 +117,7 @@ fn encode_image_files_matches_encoding_their_pixels() {
 #[test]
 fn bad_inputs_name_the_file_and_never_panic() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = fixture(CASE);
+    let ck = common::fixture("vq", CASE);
     let fail = |args: &[&str]| {
         let out = xtask(args);
         assert!(!out.status.success());

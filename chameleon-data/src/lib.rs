@@ -1,14 +1,27 @@
 //! # chameleon-data
 //!
-//! Raw files to packed token batches: the sentencepiece BPE tokenizer, image preprocessing,
-//! the sources (text-only, image-caption, interleaved), stage-weighted mixtures, packing, SFT
-//! masks and the built-in corpus. It builds on the vocabulary layout of
-//! [`chameleon_model::VocabLayout`].
-//!
-//! Today it holds image pre- and postprocessing ([`image`]) and the image side of the built-in
-//! corpus ([`emoji`]); the text side, sources and packing land with issue #4.
+//! Raw files to packed token batches, in one direction:
+//! sources ([`source`], the built-in [`corpus`]) → [`Document`]s → tokens (the sentencepiece
+//! [`tokenizer`] for text, the VQ tokenizer for [`image`]s) → memory-mapped [`shard`]s
+//! ([`prepare`], cached by content) → a stage-weighted [`mixture`] of [`pack`]ed rows
+//! ([`loader`]). The experiment's `[data]` section is [`DataConfig`].
 
+pub mod config;
+pub mod corpus;
+pub mod document;
 pub mod emoji;
 pub mod image;
+pub mod loader;
+pub mod mixture;
+pub mod pack;
+pub mod prepare;
+pub mod shard;
+pub mod source;
+pub mod tokenizer;
 
-pub use chameleon_model::VocabLayout;
+pub use chameleon_model::{Modality, VocabLayout};
+pub use config::DataConfig;
+pub use document::{BadRecord, DocKind, Document, ImageRef, Location, Segment};
+pub use mixture::{Batch, Mixture, MixtureState};
+pub use prepare::{Manifest, Prepared, prepare};
+pub use tokenizer::TextTokenizer;

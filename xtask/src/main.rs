@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: the one command line of chameleon-rs.
 
+mod data;
 mod device;
 mod export;
 mod logits;
@@ -29,6 +30,11 @@ enum Command {
     Ablate {
         /// Experiment file.
         file: Option<PathBuf>,
+    },
+    /// The data pipeline: prepare shards, check sources, shard stats, train a text tokenizer.
+    Data {
+        #[command(subcommand)]
+        command: data::DataCommand,
     },
     /// The VQ-VAE image tokenizer: train, encode, decode.
     Vq {
@@ -85,6 +91,7 @@ fn run(cli: Cli) -> Result<()> {
             "the ablation runner is not built yet: it lands with the training loop (issue #5). \
              Until then `cargo xtask logits`, `export` and `vq` work; see README.md"
         ),
+        Command::Data { command } => data::run(command, &device),
         Command::Vq { command } => vq::run(command, &device),
         Command::Logits { checkpoint, input, output } => logits::run(&checkpoint, &input, &output, &device),
         Command::Export { checkpoint, output, dtype, shard_mb } => {

@@ -81,7 +81,8 @@ pub struct DataConfig {
     /// Tokens the model reads per row (rows hold one more).
     #[serde(default = "default_seq_len")]
     pub seq_len: usize,
-    /// Seed of caption orders, held-out split and sampling.
+    /// Seed of the caption orders and of sampling. (The held-out split is fixed: one document
+    /// in `held_out_every`.)
     #[serde(default)]
     pub seed: u64,
     /// Share of image-caption pairs written caption first (generation); the rest are image
@@ -158,6 +159,13 @@ impl DataConfig {
         }
         let mut names = Vec::new();
         for s in &self.sources {
+            let plain = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+            if s.name.is_empty() || !s.name.chars().all(plain) {
+                return Err(format!(
+                    "source name `{}` must be letters, digits, `_` or `-` (it names shard files)",
+                    s.name
+                ));
+            }
             if names.contains(&s.name.as_str()) {
                 return Err(format!("two sources are named `{}`", s.name));
             }
@@ -231,5 +239,7 @@ weights = { text = 0.5, pairs = 0.5 }
         );
         assert!(load(&GOOD.replace("\"caption\"", "\"captions\"")).unwrap_err().contains("captions"));
         assert!(load("[model]\nx = 1\n").unwrap_err().contains("no [data] section"));
+        let renamed = GOOD.replace("name = \"pairs\"", "name = \"../pairs\"").replace("pairs = ", "\"../pairs\" = ");
+        assert!(load(&renamed).unwrap_err().contains("must be letters"));
     }
 }

@@ -162,11 +162,12 @@ pub fn caption_documents() -> Vec<(Document, usize)> {
         .collect()
 }
 
-/// Single-word emoji names (and their plural in `s`) -> the emoji, base forms only.
-fn word_index() -> HashMap<String, Emoji> {
+/// Single-word emoji names (and their plural in `s`) -> the emoji, leaving out held-out emoji
+/// families so that they never appear in training documents.
+fn word_index(held_out_every: usize) -> HashMap<String, Emoji> {
     let mut index = HashMap::new();
     for e in emoji::all() {
-        if e.name.chars().all(|c| c.is_ascii_lowercase()) && e.name.len() > 2 {
+        if e.name.chars().all(|c| c.is_ascii_lowercase()) && e.name.len() > 2 && !e.is_held_out(held_out_every) {
             index.entry(e.name.to_string()).or_insert(e);
             index.entry(format!("{}s", e.name)).or_insert(e);
         }
@@ -175,11 +176,12 @@ fn word_index() -> HashMap<String, Emoji> {
 }
 
 /// Passages with an emoji image after the words that name one (only passages with at least one
-/// such word become documents).
-pub fn interleaved_documents(texts: &[Document]) -> Vec<Document> {
-    let index = word_index();
+/// such word become documents), each with its passage number, which decides its side of the
+/// held-out split as it does for the text source. Emoji of held-out families are not used.
+pub fn interleaved_documents(texts: &[Document], held_out_every: usize) -> Vec<(Document, usize)> {
+    let index = word_index(held_out_every);
     let mut out = Vec::new();
-    for doc in texts {
+    for (passage, doc) in texts.iter().enumerate() {
         let [Segment::Text(text)] = doc.segments.as_slice() else { continue };
         let mut segments = Vec::new();
         let mut start = 0;
@@ -208,7 +210,7 @@ pub fn interleaved_documents(texts: &[Document]) -> Vec<Document> {
         if start < text.len() {
             segments.push(Segment::Text(text[start..].to_string()));
         }
-        out.push(Document { location: doc.location.clone(), kind: DocKind::Interleaved, segments });
+        out.push((Document { location: doc.location.clone(), kind: DocKind::Interleaved, segments }, passage));
     }
     out
 }
@@ -235,9 +237,9 @@ mod tests {
             kind: DocKind::Text,
             segments: vec![Segment::Text("Uneasy lies the head that wears a crown, my rose.".into())],
         };
-        let out = interleaved_documents(&[doc]);
+        let out = interleaved_documents(&[doc], 0);
         assert_eq!(out.len(), 1);
-        let segs = &out[0].segments;
+        let segs = &out[0].0.segments;
         let Segment::Text(first) = &segs[0] else { panic!("{segs:?}") };
         assert!(first.ends_with("wears a crown"), "{first}");
         let Segment::Image(img) = &segs[1] else { panic!("{segs:?}") };
@@ -251,7 +253,24 @@ mod tests {
             })
             .collect();
         assert_eq!(text, "Uneasy lies the head that wears a crown, my rose.");
-        assert!(out[0].images().count() >= 2);
+        assert!(out[0].0.images().count() >= 2);
+    }
+
+    #[test]
+    fn interleaved_passages_keep_their_number_and_skip_held_out_emoji() {
+        let text = |t: &str| Document {
+            location: Location::file("t"),
+            kind: DocKind::Text,
+            segments: vec![Segment::Text(t.into())],
+        };
+        let texts = vec![text("no emoji words here"), text("a crown"), text("nothing"), text("a rose")];
+        let out = interleaved_documents(&texts, 0);
+        assert_eq!(out.iter().map(|(_, p)| *p).collect::<Vec<_>>(), [1, 3]);
+        // With a held-out split, no emoji of a held-out family can be placed.
+        let (all, kept) = (word_index(0), word_index(3));
+        assert!(!kept.is_empty() && kept.len() < all.len());
+        assert!(kept.values().all(|e| !e.is_held_out(3)));
+        assert!(all.values().any(|e| e.is_held_out(3)));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::document::DocKind;
-use crate::pack::{PackCursor, PackSpec, Placed, Row, cut_points, frame, loss_flags};
+use crate::pack::{Framed, PackCursor, PackSpec, Placed, Row};
 
 /// Random access to tokenized documents (a [`crate::shard::ShardSet`], or memory in tests).
 pub trait DocumentStore: Send + Sync {
@@ -144,6 +144,10 @@ impl Stream {
             classes.entry(ModalityClass::of(store.kind(i), &buf, layout)).or_default().push(i as u32);
         }
         let total: f64 = classes.keys().map(|c| weights.get(c).copied().unwrap_or(0.0)).sum();
+        if total <= 0.0 {
+            // Nothing of a weighted class: one empty stream keeps the source known to the stages.
+            return vec![Self::new(source, source, 1.0, store, Vec::new())];
+        }
         classes
             .into_iter()
             .filter(|(c, _)| weights.get(c).copied().unwrap_or(0.0) > 0.0)
@@ -183,6 +187,10 @@ pub struct StreamState {
 pub struct MixtureState {
     /// Seed of every random choice.
     pub seed: u64,
+    /// Tokens per row (checked on restore).
+    pub row_len: usize,
+    /// Documents per stream (checked on restore: the same shards).
+    pub stream_docs: Vec<usize>,
     /// Rows produced so far.
     pub rows: u64,
     /// Stream names, in order (checked on restore).
@@ -202,7 +210,8 @@ pub struct Batch {
     pub row_len: usize,
     /// `[batch_size * row_len]` token ids, row-major.
     pub tokens: Vec<u32>,
-    /// Loss flags, same shape.
+    /// Loss flags, same shape. The trainer predicts `tokens[t + 1]` from `tokens[..=t]`, so the
+    /// flags of targets are `loss[1..]` of each row (a row's first token is never a target).
     pub loss: Vec<u8>,
 }
 
@@ -235,10 +244,7 @@ pub struct Mixture {
 
 struct CurrentDoc {
     doc: u32,
-    kind: DocKind,
-    framed: Vec<u32>,
-    flags: Vec<u8>,
-    cuts: Vec<bool>,
+    framed: Framed,
 }
 
 /// Checks stages against the known source names.
@@ -305,6 +311,8 @@ impl Mixture {
         let n = streams.len();
         let state = MixtureState {
             seed,
+            row_len: seq_len + 1,
+            stream_docs: streams.iter().map(Stream::len).collect(),
             rows: 0,
             streams: streams.iter().map(|s| s.name.clone()).collect(),
             stream_states: vec![StreamState::default(); n],
@@ -328,12 +336,25 @@ impl Mixture {
 
     /// Continues from a saved state (of a mixture with the same streams).
     pub fn restore(&mut self, state: MixtureState) -> Result<(), MixtureError> {
-        if state.streams != self.state.streams || state.realised.len() != self.stages.len() {
+        let n = self.streams.len();
+        let same_shape = state.streams == self.state.streams
+            && state.stream_docs == self.state.stream_docs
+            && state.row_len == self.state.row_len
+            && state.stream_states.len() == n
+            && state.realised.len() == self.stages.len()
+            && state.realised.iter().all(|r| r.len() == n)
+            && state.stream_states.iter().zip(&state.stream_docs).all(|(st, &docs)| st.position < docs.max(1));
+        if !same_shape {
             return Err(MixtureError(format!(
-                "the saved sampler state has streams {:?} and {} stages; this mixture has {:?} and {}",
+                "the saved sampler state is for streams {:?} of {:?} documents, rows of {} tokens and {} stages; \
+                 this mixture has streams {:?} of {:?} documents, rows of {} and {} stages",
                 state.streams,
+                state.stream_docs,
+                state.row_len,
                 state.realised.len(),
                 self.state.streams,
+                self.state.stream_docs,
+                self.state.row_len,
                 self.stages.len()
             )));
         }
@@ -408,15 +429,10 @@ impl Mixture {
             return;
         }
         let stream = &self.streams[s];
-        let kind = stream.store.kind(doc as usize);
         let mut tokens = Vec::new();
         stream.store.tokens_into(doc as usize, &mut tokens);
-        let special = self.spec.special;
-        let mut framed = Vec::new();
-        frame(&tokens, &special, &mut framed);
-        let flags = loss_flags(kind, &framed, &special);
-        let cuts = cut_points(&framed, &special);
-        self.current[s] = Some(CurrentDoc { doc, kind, framed, flags, cuts });
+        let framed = Framed::new(stream.store.kind(doc as usize), &tokens, &self.spec.special);
+        self.current[s] = Some(CurrentDoc { doc, framed });
     }
 
     fn advance(&mut self, s: usize) {
@@ -439,7 +455,7 @@ impl Mixture {
             self.load_current(s);
             let Some(cur) = self.current[s].as_ref() else { break };
             let cursor = &mut self.state.stream_states[s].cursor;
-            match row.place(&spec, cur.kind, &cur.framed, &cur.flags, &cur.cuts, cursor) {
+            match row.place(&spec, &cur.framed, cursor) {
                 Placed::Finished => {
                     skips_in_a_row = 0;
                     self.advance(s);
@@ -548,6 +564,30 @@ mod tests {
             assert_eq!(full.next_batch(p, 3), resumed.next_batch(p, 3), "batch {i}");
         }
         assert_eq!(full.state(), resumed.state());
+    }
+
+    #[test]
+    fn a_state_from_other_shards_or_rows_is_refused() {
+        let mut m = mixture(3);
+        for _ in 0..10 {
+            m.next_row(0.0);
+        }
+        let saved = m.state().clone();
+        // Other sequence length.
+        let streams = vec![
+            Stream::whole("text", store(DocKind::Text, 30, 100, 13)),
+            Stream::whole("caption", store(DocKind::Caption, 20, 150, 5)),
+        ];
+        let st = stages(&[("text", 3.0), ("caption", 1.0)], &[("text", 1.5), ("caption", 4.0)]);
+        let mut longer = Mixture::new(31, layout().special(), streams, st.clone(), 3).unwrap();
+        assert!(longer.restore(saved.clone()).unwrap_err().0.contains("rows of 16"));
+        // Fewer documents (re-prepared shards).
+        let streams = vec![
+            Stream::whole("text", store(DocKind::Text, 12, 100, 13)),
+            Stream::whole("caption", store(DocKind::Caption, 20, 150, 5)),
+        ];
+        let mut fewer = Mixture::new(15, layout().special(), streams, st, 3).unwrap();
+        assert!(fewer.restore(saved).is_err());
     }
 
     #[test]

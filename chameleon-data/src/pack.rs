@@ -83,6 +83,32 @@ pub fn longest_image_block(tokens: &[u32], special: &SpecialTokens) -> usize {
     longest
 }
 
+/// A document framed `bos … eos`, with the loss flag of each token and where it may be cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Framed {
+    /// What kind of document it is (SFT documents are never cut).
+    pub kind: DocKind,
+    /// `bos`, the document's tokens, `eos`.
+    pub tokens: Vec<u32>,
+    /// [`loss_flags`] of `tokens`.
+    pub loss: Vec<u8>,
+    /// [`cut_points`] of `tokens`.
+    pub cuts: Vec<bool>,
+}
+
+impl Framed {
+    /// Frames a document's tokens.
+    pub fn new(kind: DocKind, doc: &[u32], special: &SpecialTokens) -> Self {
+        let mut tokens = Vec::with_capacity(doc.len() + 2);
+        tokens.push(special.bos);
+        tokens.extend_from_slice(doc);
+        tokens.push(special.eos);
+        let loss = loss_flags(kind, &tokens, special);
+        let cuts = cut_points(&tokens, special);
+        Self { kind, tokens, loss, cuts }
+    }
+}
+
 /// Rows being filled from a stream of documents.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PackCursor {
@@ -122,15 +148,8 @@ impl Row {
     }
 
     /// Places as much of a framed document as the rules allow, from `cursor.offset` on.
-    pub fn place(
-        &mut self,
-        spec: &PackSpec,
-        kind: DocKind,
-        framed: &[u32],
-        flags: &[u8],
-        cuts: &[bool],
-        cursor: &mut PackCursor,
-    ) -> Placed {
+    pub fn place(&mut self, spec: &PackSpec, doc: &Framed, cursor: &mut PackCursor) -> Placed {
+        let (kind, framed, flags, cuts) = (doc.kind, &doc.tokens, &doc.loss, &doc.cuts);
         let space = self.space(spec);
         let rest = framed.len() - cursor.offset;
         if rest <= space {
@@ -173,13 +192,33 @@ impl Row {
     }
 }
 
-/// Frames a document's tokens as `bos … eos` into `out` (cleared first).
-pub fn frame(tokens: &[u32], special: &SpecialTokens, out: &mut Vec<u32>) {
-    out.clear();
-    out.reserve(tokens.len() + 2);
-    out.push(special.bos);
-    out.extend_from_slice(tokens);
-    out.push(special.eos);
+/// Packs documents one after another into rows, as one stream does, handing each full row to
+/// `emit` (the last one padded); returns how many documents never fit a row.
+pub fn pack_in_order(spec: &PackSpec, docs: impl IntoIterator<Item = Framed>, mut emit: impl FnMut(Row)) -> u64 {
+    let mut row = Row::with_capacity(spec);
+    let mut skipped = 0;
+    for doc in docs {
+        let mut cursor = PackCursor::default();
+        loop {
+            let placed = row.place(spec, &doc, &mut cursor);
+            if row.is_full(spec) {
+                emit(std::mem::replace(&mut row, Row::with_capacity(spec)));
+            }
+            match placed {
+                Placed::Finished => break,
+                Placed::RowFull => {}
+                Placed::TooLong => {
+                    skipped += 1;
+                    break;
+                }
+            }
+        }
+    }
+    if !row.tokens.is_empty() {
+        row.pad(spec);
+        emit(row);
+    }
+    skipped
 }
 
 #[cfg(test)]
@@ -192,39 +231,10 @@ mod tests {
     }
 
     /// Packs documents one after another into rows, as a stream does.
-    fn pack_all(spec: &PackSpec, docs: &[(DocKind, Vec<u32>)]) -> (Vec<Row>, usize) {
-        let s = spec.special;
+    fn pack_all(spec: &PackSpec, docs: &[(DocKind, Vec<u32>)]) -> (Vec<Row>, u64) {
         let mut rows = Vec::new();
-        let mut row = Row::with_capacity(spec);
-        let mut cursor = PackCursor::default();
-        let mut skipped = 0;
-        let mut framed = Vec::new();
-        for (kind, doc) in docs {
-            frame(doc, &s, &mut framed);
-            let flags = loss_flags(*kind, &framed, &s);
-            let cuts = cut_points(&framed, &s);
-            loop {
-                match row.place(spec, *kind, &framed, &flags, &cuts, &mut cursor) {
-                    Placed::Finished => break,
-                    Placed::RowFull => rows.push(std::mem::replace(&mut row, Row::with_capacity(spec))),
-                    Placed::TooLong => {
-                        skipped += 1;
-                        cursor = PackCursor::default();
-                        break;
-                    }
-                }
-                if row.is_full(spec) {
-                    rows.push(std::mem::replace(&mut row, Row::with_capacity(spec)));
-                }
-            }
-            if row.is_full(spec) {
-                rows.push(std::mem::replace(&mut row, Row::with_capacity(spec)));
-            }
-        }
-        if !row.tokens.is_empty() {
-            row.pad(spec);
-            rows.push(row);
-        }
+        let framed = docs.iter().map(|(k, d)| Framed::new(*k, d, &spec.special));
+        let skipped = pack_in_order(spec, framed, |r| rows.push(r));
         (rows, skipped)
     }
 
@@ -305,13 +315,10 @@ mod tests {
         let s = spec.special;
         // prompt 20 21 <eot> answer 30 31 <eos>
         let pair = vec![20, 21, s.end_of_turn, 30, 31];
-        let mut framed = Vec::new();
-        frame(&pair, &s, &mut framed);
-        assert_eq!(loss_flags(DocKind::Sft, &framed, &s), vec![0, 0, 0, 0, 1, 1, 1]);
+        assert_eq!(Framed::new(DocKind::Sft, &pair, &s).loss, vec![0, 0, 0, 0, 1, 1, 1]);
         // Two turns: prompt, answer, prompt, answer.
         let two = vec![20, s.end_of_turn, 30, s.end_of_turn, 21, s.end_of_turn, 31];
-        frame(&two, &s, &mut framed);
-        assert_eq!(loss_flags(DocKind::Sft, &framed, &s), vec![0, 0, 0, 1, 1, 0, 0, 1, 1]);
+        assert_eq!(Framed::new(DocKind::Sft, &two, &s).loss, vec![0, 0, 0, 1, 1, 0, 0, 1, 1]);
         // Pairs of 7 framed tokens in rows of 16: two fit, the third starts a new row.
         let docs: Vec<(DocKind, Vec<u32>)> = (0..5).map(|_| (DocKind::Sft, pair.clone())).collect();
         let (rows, skipped) = pack_all(&spec, &docs);

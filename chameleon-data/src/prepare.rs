@@ -146,7 +146,12 @@ pub struct ImageCoder<'a> {
 /// A source's documents, in order, with the group that decides the held-out split.
 type Docs = Box<dyn Iterator<Item = Result<(Document, usize), BadRecord>>>;
 
-fn open_source(s: &SourceConfig, cache: &Path, texts: &mut Option<Vec<Document>>) -> Result<Docs, PrepareError> {
+fn open_source(
+    s: &SourceConfig,
+    held_out_every: usize,
+    cache: &Path,
+    texts: &mut Option<Vec<Document>>,
+) -> Result<Docs, PrepareError> {
     let mut shakespeare = || -> Result<Vec<Document>, PrepareError> {
         if texts.is_none() {
             let files = corpus::shakespeare_files(cache).map_err(other)?;
@@ -155,24 +160,25 @@ fn open_source(s: &SourceConfig, cache: &Path, texts: &mut Option<Vec<Document>>
         Ok(texts.clone().unwrap_or_default())
     };
     let indexed = |docs: Vec<Document>| -> Docs { Box::new(docs.into_iter().enumerate().map(|(i, d)| Ok((d, i)))) };
-    Ok(match s.format {
-        SourceKind::BuiltinText => indexed(shakespeare()?),
-        SourceKind::BuiltinInterleaved => indexed(corpus::interleaved_documents(&shakespeare()?)),
-        SourceKind::BuiltinCaptions => Box::new(corpus::caption_documents().into_iter().map(Ok)),
-        _ => {
-            let format = match s.format {
-                SourceKind::Text => SourceFormat::Text,
-                SourceKind::Caption => SourceFormat::Caption,
-                SourceKind::Interleaved => SourceFormat::Interleaved,
-                SourceKind::Webdataset => SourceFormat::WebDataset,
-                _ => SourceFormat::Html,
-            };
-            let path = s.path.clone().unwrap_or_default();
-            let options = SourceOptions { min_image_side: s.min_image_side };
-            let docs = source::open(format, &path, &options).map_err(PrepareError::Bad)?;
-            Box::new(docs.enumerate().map(|(i, d)| d.map(|d| (d, i))))
+    let format = match s.format {
+        SourceKind::BuiltinText => return Ok(indexed(shakespeare()?)),
+        // Grouped by passage number, so a passage is on the same side of the held-out split in
+        // the text and the interleaved source.
+        SourceKind::BuiltinInterleaved => {
+            let docs = corpus::interleaved_documents(&shakespeare()?, held_out_every);
+            return Ok(Box::new(docs.into_iter().map(Ok)));
         }
-    })
+        SourceKind::BuiltinCaptions => return Ok(Box::new(corpus::caption_documents().into_iter().map(Ok))),
+        SourceKind::Text => SourceFormat::Text,
+        SourceKind::Caption => SourceFormat::Caption,
+        SourceKind::Interleaved => SourceFormat::Interleaved,
+        SourceKind::Webdataset => SourceFormat::WebDataset,
+        SourceKind::Html => SourceFormat::Html,
+    };
+    let path = s.path.clone().unwrap_or_default();
+    let options = SourceOptions { min_image_side: s.min_image_side };
+    let docs = source::open(format, &path, &options).map_err(PrepareError::Bad)?;
+    Ok(Box::new(docs.enumerate().map(|(i, d)| d.map(|d| (d, i)))))
 }
 
 /// Hashes a file or every file under a folder (sorted), names included.
@@ -220,7 +226,7 @@ fn training_text(
         {
             continue;
         }
-        for doc in open_source(s, cache, texts)? {
+        for doc in open_source(s, config.held_out_every, cache, texts)? {
             let Ok((doc, _)) = doc else { continue };
             for seg in &doc.segments {
                 if let Segment::Text(t) = seg {
@@ -254,7 +260,7 @@ fn tokenizer_model(
         tracing::info!("text tokenizer found in the cache: {}", model.display());
         return Ok(model);
     }
-    let tmp = dir.with_extension("partial");
+    let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_message(format!(
@@ -265,11 +271,86 @@ fn tokenizer_model(
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     let trained = train_sentencepiece(lines.iter().map(String::as_str), &config.tokenizer, &tmp, cache);
     bar.finish_and_clear();
-    let trained = trained.map_err(other)?;
-    std::fs::rename(&trained, tmp.join(MODEL_FILE)).map_err(other)?;
+    trained.map_err(other)?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).map_err(|e| other(format!("{}: {e}", dir.display())))?;
     Ok(model)
+}
+
+/// The settings of `[data]` that change the shards (not the stages or the sequence length,
+/// which only the loader uses).
+#[derive(Serialize)]
+struct KeyedSettings<'a> {
+    seed: u64,
+    caption_generation_share: f64,
+    held_out_every: usize,
+    tokenizer: &'a crate::tokenizer::TokenizerConfig,
+    sources: Vec<(&'a str, SourceKind, Option<&'a Path>, u32)>,
+    skip_bad: bool,
+}
+
+/// The content hash that names a prepared folder: the settings that change the shards, the
+/// tokenizer and VQ files, and the bytes of every source, including the image files that
+/// caption, interleaved and HTML sources point at (wherever they are).
+fn cache_key(
+    config: &DataConfig,
+    model: &Path,
+    vq_dir: &Path,
+    cache: &Path,
+    skip_bad: bool,
+    texts: &mut Option<Vec<Document>>,
+) -> Result<String, PrepareError> {
+    let settings = KeyedSettings {
+        seed: config.seed,
+        caption_generation_share: config.caption_generation_share,
+        held_out_every: config.held_out_every,
+        tokenizer: &config.tokenizer,
+        sources: config
+            .sources
+            .iter()
+            .map(|s| (s.name.as_str(), s.format, s.path.as_deref(), s.min_image_side))
+            .collect(),
+        skip_bad,
+    };
+    let mut h = Sha256::new();
+    h.update(PREPARED_VERSION.to_le_bytes());
+    h.update(serde_json::to_vec(&settings).map_err(other)?);
+    hash_path(&mut h, model)?;
+    hash_path(&mut h, vq_dir)?;
+    let mut emoji_hashed = false;
+    for s in &config.sources {
+        match s.format {
+            SourceKind::BuiltinText | SourceKind::BuiltinInterleaved | SourceKind::BuiltinCaptions => {
+                if s.format != SourceKind::BuiltinCaptions {
+                    for f in corpus::shakespeare_files(cache).map_err(other)? {
+                        hash_path(&mut h, &f)?;
+                    }
+                }
+                if s.format != SourceKind::BuiltinText && !emoji_hashed {
+                    for e in crate::emoji::all() {
+                        h.update(e.name.as_bytes());
+                        h.update(e.png);
+                    }
+                    emoji_hashed = true;
+                }
+            }
+            SourceKind::Text | SourceKind::Webdataset => hash_path(&mut h, s.path.as_deref().unwrap_or(Path::new("")))?,
+            SourceKind::Caption | SourceKind::Interleaved | SourceKind::Html => {
+                hash_path(&mut h, s.path.as_deref().unwrap_or(Path::new("")))?;
+                for (doc, _) in open_source(s, config.held_out_every, cache, texts)?.flatten() {
+                    for image in doc.images() {
+                        // A missing image is a bad record later; here it is just part of the key.
+                        if let ImageRef::File(p) = image
+                            && hash_path(&mut h, p).is_err()
+                        {
+                            h.update(format!("missing {}", p.display()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(hex(&h.finalize()))
 }
 
 /// Whether caption pair `index` of `source` is written caption first.
@@ -295,6 +376,10 @@ struct Images<'a> {
 impl Images<'_> {
     /// Makes sure every image of `docs` has its block in the cache.
     fn encode(&mut self, docs: &[&Document]) -> Result<(), BadRecord> {
+        // Bounded memory for sources of unique images; cleared before this chunk's look-ups.
+        if self.cache.len() > 200_000 {
+            self.cache.clear();
+        }
         let side = self.coder.model.config.resolution;
         let mut pending: Vec<(String, img::Pixels)> = Vec::new();
         for doc in docs {
@@ -311,15 +396,25 @@ impl Images<'_> {
                 pending.push((key, pixels));
             }
         }
-        if self.cache.len() > 200_000 {
-            self.cache.clear();
-        }
+        let per = self.coder.model.config.codes_per_image();
         for chunk in pending.chunks(IMAGE_BATCH) {
             let flat: Vec<f32> = chunk.iter().flat_map(|(_, p)| p.iter().copied()).collect();
             let x = Tensor::<4>::from_data(TensorData::new(flat, [chunk.len(), 3, side, side]), self.coder.device);
-            let codes: Vec<i64> =
-                self.coder.model.encode(x).into_data_as::<i64>().try_to_vec::<i64>().unwrap_or_default();
-            let per = codes.len() / chunk.len().max(1);
+            let failed = |reason: String| BadRecord::new(docs[0].location.clone(), reason);
+            let codes: Vec<i64> = self
+                .coder
+                .model
+                .encode(x)
+                .into_data_as::<i64>()
+                .try_to_vec::<i64>()
+                .map_err(|e| failed(format!("the image tokenizer returned no codes: {e:?}")))?;
+            if codes.len() != per * chunk.len() {
+                return Err(failed(format!(
+                    "the image tokenizer returned {} codes for {} images of {per}",
+                    codes.len(),
+                    chunk.len()
+                )));
+            }
             for (i, (key, _)) in chunk.iter().enumerate() {
                 let mut block = Vec::with_capacity(per + 2);
                 block.push(self.begin);
@@ -331,8 +426,8 @@ impl Images<'_> {
         Ok(())
     }
 
-    fn block(&self, image: &ImageRef) -> &[u32] {
-        self.cache.get(&image.origin()).map(|b| b.as_slice()).unwrap_or(&[])
+    fn block(&self, image: &ImageRef) -> Option<&[u32]> {
+        self.cache.get(&image.origin()).map(|b| b.as_slice())
     }
 }
 
@@ -397,7 +492,10 @@ fn tokenize(
                 text.encode_into(t, out).map_err(|e| BadRecord::new(doc.location.clone(), e.to_string()))
             }
             Segment::Image(i) => {
-                out.extend_from_slice(images.block(i));
+                let block = images.block(i).ok_or_else(|| {
+                    BadRecord::new(doc.location.clone(), format!("image {} was not encoded", i.origin()))
+                })?;
+                out.extend_from_slice(block);
                 Ok(())
             }
         }
@@ -427,25 +525,7 @@ pub fn prepare(
     let codebook = coder.model.config.num_embeddings;
     let text = TextTokenizer::from_model(&model, codebook).map_err(other)?;
 
-    // The cache key: every input that changes the output.
-    let mut h = Sha256::new();
-    h.update(PREPARED_VERSION.to_le_bytes());
-    h.update(serde_json::to_vec(config).map_err(other)?);
-    h.update(skip_bad.to_string());
-    hash_path(&mut h, &model)?;
-    hash_path(&mut h, coder.dir)?;
-    for s in &config.sources {
-        if let Some(p) = &s.path {
-            hash_path(&mut h, p)?;
-        } else if matches!(s.format, SourceKind::BuiltinText | SourceKind::BuiltinInterleaved) {
-            for f in corpus::shakespeare_files(cache).map_err(other)? {
-                hash_path(&mut h, &f)?;
-            }
-        } else {
-            h.update(format!("twemoji-assets {} emoji", crate::emoji::all().len()));
-        }
-    }
-    let key = hex(&h.finalize());
+    let key = cache_key(config, &model, coder.dir, cache, skip_bad, &mut texts)?;
     let dir = cache.join("shards").join(&key[..16]);
     if dir.join(MANIFEST_FILE).is_file()
         && let Ok(found) = Prepared::open(&dir)
@@ -453,7 +533,8 @@ pub fn prepare(
     {
         return Ok(found);
     }
-    let tmp = dir.with_extension("partial");
+    // Per process, so that two prepares at once never delete each other's work.
+    let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| other(format!("{}: {e}", tmp.display())))?;
     text.save(&model, &tmp).map_err(other)?;
@@ -479,7 +560,7 @@ pub fn prepare(
                 .map_err(other)?,
         );
         bar.set_prefix(s.name.clone());
-        let mut docs = open_source(s, cache, &mut texts)?;
+        let mut docs = open_source(s, config.held_out_every, cache, &mut texts)?;
         let mut tokens = Vec::new();
         let mut index = 0usize;
         loop {

@@ -117,7 +117,8 @@ impl TextTokenizer {
         let sp = SentencePieceProcessor::open(model)
             .map_err(|e| file_err(model, format!("not a sentencepiece model: {e}")))?;
         let layout = VocabLayout::contiguous(codebook_size, sp.len());
-        Ok(Self { sp, layout, text_offset: (7 + codebook_size) as u32 })
+        let text_offset = (layout.vocab_size() - sp.len()) as u32;
+        Ok(Self { sp, layout, text_offset })
     }
 
     /// Loads a tokenizer directory: `tokenizer.model` and `vocab.json`, checking that they agree.
@@ -400,7 +401,10 @@ pub fn train_sentencepiece<'a>(
         Trainer::SpmTrain(spm) => Command::new(spm).args(&flags).output(),
         Trainer::Python { python, site } => {
             let mut cmd = Command::new(python);
-            cmd.args(["-c", "import sys, sentencepiece as s; s.SentencePieceTrainer.train(' '.join(sys.argv[1:]))"]);
+            // Keyword arguments, so that paths with spaces survive.
+            let script = "import sys, sentencepiece as s\n\
+                          s.SentencePieceTrainer.train(**dict(a[2:].split('=', 1) for a in sys.argv[1:]))";
+            cmd.args(["-c", script]);
             cmd.args(&flags);
             if let Some(site) = site {
                 cmd.env("PYTHONPATH", site);

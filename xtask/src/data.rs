@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use chameleon_data::config::ImagesConfig;
 use chameleon_data::loader::{Split, open_mixture, open_source};
-use chameleon_data::pack::{PackCursor, PackSpec, Placed, Row, cut_points, frame, loss_flags};
+use chameleon_data::pack::{Framed, PackSpec, pack_in_order};
 use chameleon_data::prepare::{ImageCoder, Prepared, prepare};
 use chameleon_data::shard::{Shard, ShardSet, ShardStats, TokenClass};
 use chameleon_data::source::{SourceFormat, SourceOptions, check};
@@ -179,35 +179,16 @@ fn print_prepared(prepared: &Prepared, data: &DataConfig) -> Result<()> {
     Ok(())
 }
 
-/// Counts rows that packing a set of documents in order gives.
+/// Rows that packing a set's documents in order gives, and documents that fit no row.
 fn packed_rows(set: &ShardSet, spec: &PackSpec) -> (u64, u64) {
-    let (mut rows, mut skipped) = (0u64, 0u64);
-    let mut row = Row::with_capacity(spec);
-    let (mut tokens, mut framed) = (Vec::new(), Vec::new());
-    for i in 0..set.len() {
-        tokens.clear();
+    let mut rows = 0u64;
+    let docs = (0..set.len()).map(|i| {
+        let mut tokens = Vec::new();
         set.tokens_into(i, &mut tokens);
-        frame(&tokens, &spec.special, &mut framed);
-        let flags = loss_flags(set.kind(i), &framed, &spec.special);
-        let cuts = cut_points(&framed, &spec.special);
-        let mut cursor = PackCursor::default();
-        loop {
-            let placed = row.place(spec, set.kind(i), &framed, &flags, &cuts, &mut cursor);
-            if row.is_full(spec) {
-                rows += 1;
-                row = Row::with_capacity(spec);
-            }
-            match placed {
-                Placed::Finished => break,
-                Placed::RowFull => {}
-                Placed::TooLong => {
-                    skipped += 1;
-                    break;
-                }
-            }
-        }
-    }
-    (rows + (!row.tokens.is_empty()) as u64, skipped)
+        Framed::new(set.kind(i), &tokens, &spec.special)
+    });
+    let skipped = pack_in_order(spec, docs, |_| rows += 1);
+    (rows, skipped)
 }
 
 fn stats(path: &Path, seq_len: Option<usize>) -> Result<()> {
@@ -249,7 +230,10 @@ fn stats(path: &Path, seq_len: Option<usize>) -> Result<()> {
     for (name, set) in &sets {
         let s = set.stats(class);
         let images = count_images(set, layout.special().begin_image);
-        let (rows, _) = packed_rows(set, &spec);
+        let (rows, too_long) = packed_rows(set, &spec);
+        if too_long > 0 {
+            println!("  ({too_long} document(s) of {name} hold an image longer than a sequence and are never packed)");
+        }
         println!(
             "{:<22} {:>8} {:>8} {:>12} {:>12} {:>10} {:>10}",
             name, s.documents, images, s.text_tokens, s.image_tokens, s.special_tokens, rows

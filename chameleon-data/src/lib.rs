@@ -10,6 +10,7 @@ pub mod config;
 pub mod corpus;
 pub mod document;
 pub mod emoji;
+pub mod fixtures;
 pub mod image;
 pub mod loader;
 pub mod mixture;

@@ -5,48 +5,20 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use chameleon_data::config::{DataConfig, ImagesConfig, SourceConfig, SourceKind};
+use chameleon_data::fixtures;
 use chameleon_data::loader::{Split, open_mixture, open_source};
 use chameleon_data::mixture::Stage;
 use chameleon_data::prepare::{ImageCoder, PrepareError, prepare};
 use chameleon_data::tokenizer::TokenizerConfig;
-use chameleon_model::checkpoint::save_vq_checkpoint;
-use chameleon_model::vq::{VqConfig, VqVae};
-
-fn tokenizer_fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/tokenizer.model")
-}
-
-/// A tiny random VQ tokenizer: 16 px images, 4×4 = 16 codes from 32 entries.
-fn vq(dir: &Path, device: &Device) -> VqVae {
-    let config = VqConfig::new()
-        .with_resolution(16)
-        .with_base_channels(32)
-        .with_channel_multiplier(vec![1, 1, 1])
-        .with_num_res_blocks(1)
-        .with_latent_channels(32)
-        .with_embed_dim(8)
-        .with_num_embeddings(32);
-    let model = config.init(device);
-    save_vq_checkpoint(&model, dir).unwrap();
-    model
-}
+use chameleon_model::vq::VqVae;
 
 fn png(path: &Path, seed: u8) {
-    let img =
-        image::RgbImage::from_fn(20, 20, |x, y| image::Rgb([seed.wrapping_mul(40), (x * 12) as u8, (y * 12) as u8]));
-    img.save(path).unwrap();
+    fixtures::write_png(path, seed).unwrap();
 }
 
 /// 20 caption pairs with distinct images.
 fn captions(dir: &Path) -> PathBuf {
-    let mut lines = String::new();
-    for i in 0..20u8 {
-        png(&dir.join(format!("img{i}.png")), i);
-        lines.push_str(&format!("{{\"image\": \"img{i}.png\", \"caption\": \"a picture number {i}\"}}\n"));
-    }
-    let path = dir.join("pairs.jsonl");
-    std::fs::write(&path, lines).unwrap();
-    path
+    fixtures::write_caption_pairs(dir, 20, |i| format!("a picture number {i}")).unwrap()
 }
 
 fn config(pairs: &Path, vq_dir: &Path, share: f64) -> DataConfig {
@@ -55,7 +27,7 @@ fn config(pairs: &Path, vq_dir: &Path, share: f64) -> DataConfig {
         seed: 1,
         caption_generation_share: share,
         held_out_every: 5,
-        tokenizer: TokenizerConfig { model: Some(tokenizer_fixture()), ..TokenizerConfig::default() },
+        tokenizer: TokenizerConfig { model: Some(fixtures::tokenizer_model()), ..TokenizerConfig::default() },
         images: ImagesConfig { vq_checkpoint: vq_dir.to_path_buf(), vq_experiment: None },
         sources: vec![SourceConfig {
             name: "pairs".into(),
@@ -83,7 +55,7 @@ fn fixture() -> Fixture {
     let pairs = captions(&root);
     let device = Device::flex();
     let vq_dir = root.join("vq");
-    let model = vq(&vq_dir, &device);
+    let model = fixtures::tiny_vq(&vq_dir, &device).unwrap();
     Fixture { _dir: dir, root, pairs, vq_dir, model, device }
 }
 

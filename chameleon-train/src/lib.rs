@@ -4,12 +4,15 @@
 //! live ratatui monitor. The model's probes ([`chameleon_model::Diagnostics`]) are what the
 //! stability metrics are made from.
 //!
-//! Today it trains the VQ-VAE image tokenizer ([`vq_train`]) and holds the optimizer recipe of
-//! the language model ([`optim`]: AdamW as in the paper, the global gradient-norm clip, the
-//! learning-rate schedules); the loop, the ablation grid and the monitor land with issue #5.
+//! Today: the VQ-VAE image tokenizer's training ([`vq_train`]); the language model's experiment
+//! files ([`experiment`]), optimizer recipe ([`optim`]: AdamW as in the paper, the global
+//! gradient-norm clip, the schedules) and training loop with exact resume ([`trainer`]). The
+//! ablation grid and the monitor land with issue #5.
 
 mod config_file;
+pub mod experiment;
 pub mod optim;
+pub mod trainer;
 pub mod vq_train;
 
 pub use chameleon_model::Diagnostics;

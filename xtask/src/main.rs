@@ -5,6 +5,7 @@ mod device;
 mod export;
 mod logits;
 mod npy;
+mod train;
 mod vq;
 
 use std::path::PathBuf;
@@ -30,6 +31,27 @@ enum Command {
     Ablate {
         /// Experiment file.
         file: Option<PathBuf>,
+    },
+    /// Train one language-model run (or continue one exactly with --resume RUN).
+    Train {
+        /// Experiment file ([model], [data], [optim], [schedule], [train]).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Run directory (default: runs/<config name>).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Continue the run in this directory from its newest checkpoint.
+        #[arg(long, conflicts_with_all = ["config", "run_dir"])]
+        resume: Option<PathBuf>,
+        /// Stop after this many steps (the schedule still spans train.steps).
+        #[arg(long)]
+        max_steps: Option<usize>,
+        /// Steps between checkpoints (overrides train.checkpoint_every).
+        #[arg(long)]
+        checkpoint_every: Option<usize>,
+        /// Cache folder for data.
+        #[arg(long, default_value = ".cache")]
+        cache: PathBuf,
     },
     /// The data pipeline: prepare shards, check sources, shard stats, train a text tokenizer.
     Data {
@@ -88,10 +110,19 @@ fn run(cli: Cli) -> Result<()> {
     let device = device::parse(&cli.device)?;
     match cli.command {
         Command::Ablate { .. } => anyhow::bail!(
-            "the ablation runner is not built yet: it lands with the training loop (issue #5). \
-             Until then `cargo xtask logits`, `export` and `vq` work; see README.md"
+            "the ablation grid and its monitor are not built yet (issue #5). Single runs train today: \
+             `cargo xtask train --config experiments/smoke.toml`; see README.md"
         ),
         Command::Data { command } => data::run(command, &device),
+        Command::Train { config, run_dir, resume, max_steps, checkpoint_every, cache } => train::run(
+            config.as_deref(),
+            run_dir.as_deref(),
+            resume.as_deref(),
+            max_steps,
+            checkpoint_every,
+            &cache,
+            &device,
+        ),
         Command::Vq { command } => vq::run(command, &device),
         Command::Logits { checkpoint, input, output } => logits::run(&checkpoint, &input, &output, &device),
         Command::Export { checkpoint, output, dtype, shard_mb } => {

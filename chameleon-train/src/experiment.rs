@@ -1,0 +1,139 @@
+//! A language-model experiment file: `[model]`, `[data]`, `[optim]`, `[schedule]`, `[train]`.
+//! Every unknown key and bad value is refused before any work starts, with the file and key named.
+
+use std::path::Path;
+
+use chameleon_data::DataConfig;
+use chameleon_model::ChameleonConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::config_file::{ConfigError, only_sections, read_table, section};
+use crate::optim::{OptimConfig, Schedule};
+
+/// The `[train]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Rows (of `seq_len + 1` tokens) per forward pass.
+    pub micro_batch: usize,
+    /// Tokens per optimizer step; a multiple of `micro_batch · seq_len` (gradient accumulation
+    /// makes up the rest).
+    pub batch_tokens: usize,
+    /// z-loss coefficient: `z_loss · mean(log² Z)` over the positions that carry loss.
+    pub z_loss: f64,
+    /// Steps between held-out evaluations (0: never).
+    pub eval_every: usize,
+    /// Held-out batches per evaluation.
+    pub eval_batches: usize,
+    /// Steps between checkpoints (0: only at the end).
+    pub checkpoint_every: usize,
+    /// Checkpoints kept.
+    pub keep_checkpoints: usize,
+    /// Seed of initialisation, dropout and sampling.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 100,
+            micro_batch: 8,
+            batch_tokens: 2048,
+            z_loss: 1e-5,
+            eval_every: 0,
+            eval_batches: 4,
+            checkpoint_every: 0,
+            keep_checkpoints: 2,
+            seed: 0,
+        }
+    }
+}
+
+/// A whole experiment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Experiment {
+    /// The transformer; `vocab_size` comes from the prepared data.
+    pub model: ChameleonConfig,
+    /// Sources, tokenizer, stages.
+    pub data: DataConfig,
+    /// AdamW and the clip.
+    pub optim: OptimConfig,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Steps, batch, loss, checkpoints.
+    pub train: TrainConfig,
+}
+
+impl Experiment {
+    /// Reads and validates an experiment file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let table = read_table(path)?;
+        only_sections(&table, &["model", "data", "optim", "schedule", "train"], path)?;
+        let model: ChameleonConfig = section(&table, "model", &ChameleonConfig::new(0, 256, 4, 4), path)?;
+        let data = DataConfig::load(path).map_err(|e| ConfigError::new(path, e.message))?;
+        let optim: OptimConfig = section(&table, "optim", &OptimConfig::default(), path)?;
+        let schedule: Schedule = section(&table, "schedule", &Schedule::default(), path)?;
+        let train: TrainConfig = section(&table, "train", &TrainConfig::default(), path)?;
+        let exp = Self { model, data, optim, schedule, train };
+        exp.validate().map_err(|m| ConfigError::new(path, m))?;
+        Ok(exp)
+    }
+
+    /// Micro-batches per optimizer step.
+    pub fn accumulation(&self) -> usize {
+        self.train.batch_tokens / (self.train.micro_batch * self.data.seq_len)
+    }
+
+    /// Checks what serde cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut probe = self.model.clone();
+        probe.vocab_size = probe.vocab_size.max(1);
+        probe.validate().map_err(|e| format!("[model]: {e}"))?;
+        let t = &self.train;
+        for (key, v) in [("steps", t.steps), ("micro_batch", t.micro_batch), ("batch_tokens", t.batch_tokens)] {
+            if v == 0 {
+                return Err(format!("`train.{key}` must be at least 1"));
+            }
+        }
+        let micro_tokens = t.micro_batch * self.data.seq_len;
+        if !t.batch_tokens.is_multiple_of(micro_tokens) {
+            return Err(format!(
+                "`train.batch_tokens` = {} must be a multiple of micro_batch × seq_len = {micro_tokens}",
+                t.batch_tokens
+            ));
+        }
+        if !(t.z_loss.is_finite() && t.z_loss >= 0.0) {
+            return Err(format!("`train.z_loss` = {} must be non-negative", t.z_loss));
+        }
+        let o = &self.optim;
+        if !(o.learning_rate.is_finite() && o.learning_rate > 0.0) {
+            return Err(format!("`optim.learning_rate` = {} must be positive", o.learning_rate));
+        }
+        if !(0.0..1.0).contains(&o.beta_1) || !(0.0..1.0).contains(&o.beta_2) {
+            return Err("`optim.beta_1` and `optim.beta_2` must lie in [0, 1)".into());
+        }
+        if self.model.max_seq_len < self.data.seq_len {
+            return Err(format!(
+                "`model.max_seq_len` = {} is shorter than `data.seq_len` = {}",
+                self.model.max_seq_len, self.data.seq_len
+            ));
+        }
+        Ok(())
+    }
+
+    /// The resolved experiment as TOML (written beside a run's metrics).
+    pub fn to_toml(&self) -> Result<String, String> {
+        let mut table = toml::Table::new();
+        let mut put = |name: &str, v: Result<toml::Value, toml::ser::Error>| -> Result<(), String> {
+            table.insert(name.into(), v.map_err(|e| e.to_string())?);
+            Ok(())
+        };
+        put("model", toml::Value::try_from(&self.model))?;
+        put("data", toml::Value::try_from(&self.data))?;
+        put("optim", toml::Value::try_from(&self.optim))?;
+        put("schedule", toml::Value::try_from(&self.schedule))?;
+        put("train", toml::Value::try_from(&self.train))?;
+        toml::to_string_pretty(&table).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,382 @@
+//! The language-model training loop: masked cross-entropy plus z-loss, gradient accumulation,
+//! the global clip, AdamW, the stability probes as metrics, a divergence guard, and checkpoints
+//! from which a run resumes exactly.
+//!
+//! Exactness: dropout draws from burn's one process-wide RNG, whose state cannot be saved, so the
+//! device is reseeded from `(seed, step)` at the top of every step; the learning rate is a pure
+//! function of the step; the data sampler's state is saved; and the model is saved in burn's
+//! own record format, which keeps parameter ids, so the restored AdamW moments attach to the
+//! right parameters (a safetensors round trip would give fresh ids and silently fresh moments).
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::optim::{GradientsAccumulator, GradientsParams};
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use chameleon_data::loader::{Split, open_mixture};
+use chameleon_data::{Batch, Mixture, MixtureState, Modality, Prepared, VocabLayout};
+use chameleon_model::{Chameleon, ChameleonConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::experiment::Experiment;
+use crate::optim::clip_global;
+
+/// Files of a run directory.
+pub const METRICS_FILE: &str = "metrics.jsonl";
+/// The run's status.
+pub const STATUS_FILE: &str = "status.json";
+/// The resolved experiment.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// A training run that could not go on.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct TrainError {
+    /// The file or run directory concerned.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(path: &Path, message: impl ToString) -> TrainError {
+    TrainError { path: path.to_path_buf(), message: message.to_string() }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// `running`, `done` or `diverged`.
+    pub state: String,
+    /// Steps completed.
+    pub step: usize,
+    /// Why it stopped, when it diverged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// What a checkpoint holds besides the model and optimizer files.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainState {
+    step: usize,
+    tokens: u64,
+    mixture: MixtureState,
+    /// Running mean of the loss, for spotting spikes.
+    loss_ema: Option<f64>,
+}
+
+/// Options from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop after this many steps (the schedule still spans `train.steps`).
+    pub max_steps: Option<usize>,
+    /// Overrides `train.checkpoint_every`.
+    pub checkpoint_every: Option<usize>,
+    /// Continue from the newest checkpoint in the run directory.
+    pub resume: bool,
+}
+
+/// Losses of one batch, before the backward pass.
+struct Losses {
+    total: Tensor<1>,
+    ce: Tensor<1>,
+    z: Tensor<1>,
+    ce_text: Option<f64>,
+    ce_image: Option<f64>,
+    log_z_mean: f64,
+    log_z_max: f64,
+}
+
+fn tensors(batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Vec<f32>) {
+    let (b, n) = (batch.batch_size, batch.row_len);
+    let mut inputs = Vec::with_capacity(b * (n - 1));
+    let mut targets = Vec::with_capacity(b * (n - 1));
+    let mut mask = Vec::with_capacity(b * (n - 1));
+    for r in 0..b {
+        let row = &batch.tokens[r * n..(r + 1) * n];
+        let loss = &batch.loss[r * n..(r + 1) * n];
+        inputs.extend(row[..n - 1].iter().map(|&t| t as i64));
+        targets.extend(row[1..].iter().map(|&t| t as i64));
+        mask.extend(loss[1..].iter().map(|&l| l as f32));
+    }
+    let inputs = Tensor::<2, Int>::from_data(TensorData::new(inputs, [b, n - 1]), device);
+    let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [b, n - 1]), device);
+    (inputs, targets, mask)
+}
+
+/// Masked cross-entropy and z-loss of one batch; also CE by target modality.
+fn losses(
+    model: &Chameleon,
+    batch: &Batch,
+    layout: &VocabLayout,
+    z_coef: f64,
+    device: &Device,
+) -> (Losses, chameleon_model::Diagnostics) {
+    let (inputs, targets, mask) = tensors(batch, device);
+    let [b, t] = inputs.dims();
+    let (logits, diag) = model.forward_diagnosed(inputs);
+    let nll = log_softmax(logits, 2).gather(2, targets.unsqueeze_dim::<3>(2)).squeeze_dim::<2>(2).neg();
+    let weights = |keep: &dyn Fn(usize) -> bool| -> Vec<f32> {
+        mask.iter().enumerate().map(|(i, &m)| if keep(i) { m } else { 0.0 }).collect()
+    };
+    let row_len = batch.row_len;
+    let target_of = |i: usize| batch.tokens[(i / t) * row_len + i % t + 1];
+    let masked_mean = |w: Vec<f32>, x: Tensor<2>| -> Option<Tensor<1>> {
+        let n: f32 = w.iter().sum();
+        (n > 0.0).then(|| (x * Tensor::<2>::from_data(TensorData::new(w, [b, t]), device)).sum().div_scalar(n))
+    };
+    let all = weights(&|_| true);
+    let zero = || Tensor::<1>::zeros([1], device);
+    let ce = masked_mean(all.clone(), nll.clone()).unwrap_or_else(zero);
+    let is = |m: Modality| move |i: usize| layout.modality(target_of(i)) == Some(m);
+    let scalar = |x: Option<Tensor<1>>| x.map(|x| x.detach().into_scalar::<f32>() as f64);
+    let ce_text = scalar(masked_mean(weights(&is(Modality::Text)), nll.clone()));
+    let ce_image = scalar(masked_mean(weights(&is(Modality::Image)), nll));
+    let log_z = diag.log_z.clone();
+    let z = masked_mean(all, log_z.clone().square()).unwrap_or_else(zero).mul_scalar(z_coef);
+    let log_z_mean = log_z.clone().detach().mean().into_scalar::<f32>() as f64;
+    let log_z_max = log_z.detach().max().into_scalar::<f32>() as f64;
+    let total = ce.clone() + z.clone();
+    (Losses { total, ce, z, ce_text, ce_image, log_z_mean, log_z_max }, diag)
+}
+
+fn to_vec(x: Tensor<1>) -> Vec<f64> {
+    x.into_data_as::<f32>().try_to_vec::<f32>().unwrap_or_default().into_iter().map(f64::from).collect()
+}
+
+/// Writes a checkpoint directory atomically: model, optimizer, state, then a rename.
+fn save_checkpoint(
+    dir: &Path,
+    model: &Chameleon,
+    optim: &burn::optim::ModuleOptimizer,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    let tmp = dir.with_extension("tmp");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| err(&tmp, e))?;
+    model.clone().save_file(tmp.join("model.bpk")).map_err(|e| err(&tmp.join("model.bpk"), format!("{e:?}")))?;
+    optim.save(tmp.join("optim.bpk")).map_err(|e| err(&tmp.join("optim.bpk"), format!("{e:?}")))?;
+    let json = serde_json::to_string(state).map_err(|e| err(&tmp, e))?;
+    std::fs::write(tmp.join("state.json"), json).map_err(|e| err(&tmp, e))?;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp, dir).map_err(|e| err(dir, e))
+}
+
+fn checkpoints(run: &Path) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(run)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("checkpoint-") && !n.ends_with(".tmp"))
+                        && p.join("state.json").is_file()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+fn write_status(run: &Path, status: &Status) -> Result<(), TrainError> {
+    let path = run.join(STATUS_FILE);
+    let json = serde_json::to_string_pretty(status).map_err(|e| err(&path, e))?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, json).map_err(|e| err(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| err(&path, e))
+}
+
+/// Mean held-out cross-entropy over `batches` batches.
+fn evaluate(model: &Chameleon, mixture: &mut Mixture, exp: &Experiment, layout: &VocabLayout, device: &Device) -> f64 {
+    let mut sum = 0.0;
+    for _ in 0..exp.train.eval_batches.max(1) {
+        let batch = mixture.next_batch(0.0, exp.train.micro_batch);
+        let (l, _) = losses(model, &batch, layout, 0.0, device);
+        sum += l.ce.into_scalar::<f32>() as f64;
+    }
+    sum / exp.train.eval_batches.max(1) as f64
+}
+
+/// Trains (or resumes) a run in `run`. Returns the final status.
+pub fn train(
+    exp: &Experiment,
+    prepared: &Prepared,
+    run: &Path,
+    device: &Device,
+    options: &RunOptions,
+) -> Result<Status, TrainError> {
+    if !options.resume && run.join(METRICS_FILE).exists() {
+        return Err(err(run, "already holds a run: continue it with --resume, or choose another run directory"));
+    }
+    std::fs::create_dir_all(run).map_err(|e| err(run, e))?;
+    let layout = prepared.tokenizer().map_err(|e| err(&prepared.dir, e))?.layout().clone();
+    let mut config: ChameleonConfig = exp.model.clone();
+    if config.vocab_size != 0 && config.vocab_size != layout.vocab_size() {
+        return Err(err(
+            run,
+            format!("model.vocab_size = {} but the data has {}", config.vocab_size, layout.vocab_size()),
+        ));
+    }
+    config.vocab_size = layout.vocab_size();
+    let resolved = Experiment { model: config.clone(), ..exp.clone() };
+    std::fs::write(run.join(CONFIG_FILE), resolved.to_toml().map_err(|e| err(run, e))?).map_err(|e| err(run, e))?;
+
+    let train_device = device.clone().autodiff();
+    let mut mixture = open_mixture(prepared, &exp.data, Split::Train).map_err(|e| err(&prepared.dir, e))?;
+    let mut held_out = if exp.train.eval_every > 0 {
+        Some(open_mixture(prepared, &exp.data, Split::HeldOut).map_err(|e| err(&prepared.dir, e))?)
+    } else {
+        None
+    };
+    let seed = exp.train.seed;
+    train_device.seed(seed);
+    let mut model = config.init(&train_device);
+    // Parameters initialise lazily; draw them now, before the per-step reseeding.
+    let _ = model.clone().into_record();
+    let mut optim = exp.optim.init();
+    let (mut step, mut tokens, mut loss_ema) = (0usize, 0u64, None::<f64>);
+    let mut metrics_file = std::fs::OpenOptions::new().create(true).append(true).open(run.join(METRICS_FILE));
+    if options.resume {
+        let Some(last) = checkpoints(run).pop() else {
+            return Err(err(run, "--resume: no checkpoint in this run directory"));
+        };
+        let text = std::fs::read_to_string(last.join("state.json")).map_err(|e| err(&last, e))?;
+        let state: TrainState = serde_json::from_str(&text).map_err(|e| err(&last.join("state.json"), e))?;
+        model =
+            model.try_load_file(last.join("model.bpk")).map_err(|e| err(&last.join("model.bpk"), format!("{e:?}")))?;
+        optim = optim.load(last.join("optim.bpk")).map_err(|e| err(&last.join("optim.bpk"), format!("{e:?}")))?;
+        mixture.restore(state.mixture).map_err(|e| err(&last, e))?;
+        (step, tokens, loss_ema) = (state.step, state.tokens, state.loss_ema);
+        // Metrics past the checkpoint are written again.
+        let path = run.join(METRICS_FILE);
+        let kept: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| (s as usize) <= step)
+            })
+            .map(str::to_string)
+            .collect();
+        std::fs::write(&path, kept.iter().map(|l| format!("{l}\n")).collect::<String>()).map_err(|e| err(&path, e))?;
+        metrics_file = std::fs::OpenOptions::new().append(true).open(&path);
+        tracing::info!("resumed {} at step {step}", run.display());
+    }
+    let mut metrics = metrics_file.map_err(|e| err(&run.join(METRICS_FILE), e))?;
+    let total = exp.train.steps;
+    let stop = options.max_steps.map_or(total, |m| m.min(total));
+    let every = options.checkpoint_every.unwrap_or(exp.train.checkpoint_every);
+    let accum = exp.accumulation();
+    let mut kept: VecDeque<PathBuf> = checkpoints(run).into();
+    let mut status = Status { state: "running".into(), step, reason: None };
+    write_status(run, &status)?;
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(stop as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} train [{bar:30}] {pos}/{len} {msg} ({eta})")
+            .map_err(|e| err(run, e))?
+            .progress_chars("=> "),
+    );
+    bar.set_position(step as u64);
+    let report_every = (stop / 20).max(1);
+    while step < stop {
+        let started = std::time::Instant::now();
+        train_device.seed(seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let progress = step as f64 / total as f64;
+        let lr = exp.schedule.lr(exp.optim.learning_rate, step, total);
+        let mut acc = GradientsAccumulator::<Chameleon>::new();
+        let (mut ce, mut z, mut ce_text, mut ce_image) = (0.0, 0.0, Vec::new(), Vec::new());
+        let (mut lz_mean, mut lz_max) = (0.0, f64::NEG_INFINITY);
+        let mut diags = Vec::new();
+        for _ in 0..accum {
+            let batch = mixture.next_batch(progress, exp.train.micro_batch);
+            let (l, diag) = losses(&model, &batch, &layout, exp.train.z_loss, &train_device);
+            ce += l.ce.clone().detach().into_scalar::<f32>() as f64 / accum as f64;
+            z += l.z.clone().detach().into_scalar::<f32>() as f64 / accum as f64;
+            ce_text.extend(l.ce_text);
+            ce_image.extend(l.ce_image);
+            lz_mean += l.log_z_mean / accum as f64;
+            lz_max = lz_max.max(l.log_z_max);
+            diags.push((to_vec(diag.max_attn_logit), to_vec(diag.output_rms)));
+            let grads = GradientsParams::from_grads(l.total.div_scalar(accum as f64).backward(), &model);
+            acc.accumulate(&model, grads);
+        }
+        let (grads, grad_norm) = clip_global(&model, acc.grads(), exp.optim.grad_clip);
+        tokens += (accum * exp.train.micro_batch * exp.data.seq_len) as u64;
+        let loss = ce + z;
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            status = Status {
+                state: "diverged".into(),
+                step,
+                reason: Some(format!(
+                    "non-finite {} at step {step}",
+                    if loss.is_finite() { "gradient" } else { "loss" }
+                )),
+            };
+            write_status(run, &status)?;
+            tracing::warn!("{}: diverged at step {step}", run.display());
+            return Ok(status);
+        }
+        model = optim.step(lr, model, grads);
+        step += 1;
+        // A spike: the loss jumps well above its running mean.
+        let spike = loss_ema.is_some_and(|ema| step > 10 && loss > 1.5 * ema);
+        if spike {
+            bar.suspend(|| tracing::warn!("{}: loss spike at step {step}: {loss:.4}", run.display()));
+        }
+        loss_ema = Some(loss_ema.map_or(loss, |ema| 0.95 * ema + 0.05 * loss));
+        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        let layers = diags[0].0.len();
+        let attn: Vec<f64> = (0..layers).map(|l| diags.iter().map(|d| d.0[l]).fold(f64::MIN, f64::max)).collect();
+        let rms: Vec<f64> =
+            (0..layers).map(|l| diags.iter().map(|d| d.1[l]).sum::<f64>() / diags.len() as f64).collect();
+        let mut row = serde_json::json!({
+            "step": step, "tokens": tokens, "loss": loss, "ce": ce, "z_loss": z,
+            "ce_text": mean(&ce_text), "ce_image": mean(&ce_image), "lr": lr, "grad_norm": grad_norm,
+            "tokens_per_s": (accum * exp.train.micro_batch * exp.data.seq_len) as f64 / started.elapsed().as_secs_f64(),
+            "max_attn_logit": attn.iter().copied().fold(f64::MIN, f64::max), "max_attn_logit_per_layer": attn,
+            "output_rms": rms, "log_z_mean": lz_mean, "log_z_max": lz_max, "loss_spike": spike,
+        });
+        if let Some(h) = held_out.as_mut()
+            && step % exp.train.eval_every == 0
+        {
+            row["eval_ce"] = evaluate(&model.valid(), h, exp, &layout, device).into();
+        }
+        writeln!(metrics, "{row}").map_err(|e| err(&run.join(METRICS_FILE), e))?;
+        bar.set_message(format!("loss {loss:.4}"));
+        bar.set_position(step as u64);
+        if bar.is_hidden() && (step % report_every == 0 || step == stop) {
+            tracing::info!(
+                "{}: step {step}/{stop}, loss {loss:.4}, lr {lr:.2e}, grad norm {grad_norm:.3}",
+                run.display()
+            );
+        }
+        let last = step == stop;
+        if (every > 0 && step % every == 0) || last {
+            let dir = run.join(format!("checkpoint-{step:07}"));
+            let state = TrainState { step, tokens, mixture: mixture.state().clone(), loss_ema };
+            save_checkpoint(&dir, &model, &optim, &state)?;
+            if !kept.contains(&dir) {
+                kept.push_back(dir);
+            }
+            while kept.len() > exp.train.keep_checkpoints.max(1) {
+                if let Some(old) = kept.pop_front() {
+                    let _ = std::fs::remove_dir_all(old);
+                }
+            }
+        }
+        status.step = step;
+    }
+    bar.finish_and_clear();
+    status.state = if step >= total { "done" } else { "stopped" }.into();
+    write_status(run, &status)?;
+    Ok(status)
+}

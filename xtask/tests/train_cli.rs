@@ -1,0 +1,125 @@
+//! `cargo xtask train`: a run killed with SIGKILL after a checkpoint and resumed with
+//! `--resume RUN` writes the same losses, to the last bit, as a run that was never interrupted.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use burn::tensor::Device;
+use chameleon_data::fixtures;
+use common::{arg, stderr, xtask};
+
+/// Caption pairs, a tiny VQ tokenizer and an experiment file that uses them.
+fn experiment(root: &Path, steps: usize) -> std::path::PathBuf {
+    let pairs = fixtures::write_caption_pairs(root, 24, |i| format!("picture {i} of a queen")).unwrap();
+    fixtures::tiny_vq(&root.join("vq"), &Device::flex()).unwrap();
+    let tokenizer = fixtures::tokenizer_model();
+    let toml = format!(
+        r#"
+[model]
+d_model = 32
+n_layers = 2
+n_heads = 2
+residual_dropout = 0.1
+[data]
+seq_len = 40
+[data.tokenizer]
+model = "{tok}"
+[data.images]
+vq_checkpoint = "{vq}"
+[[data.sources]]
+name = "pairs"
+format = "caption"
+path = "{pairs}"
+[[data.stages]]
+start = 0.0
+weights = {{ pairs = 1.0 }}
+[schedule]
+warmup_steps = 3
+[train]
+steps = {steps}
+micro_batch = 2
+batch_tokens = 160
+checkpoint_every = 5
+keep_checkpoints = 3
+seed = 4
+"#,
+        tok = tokenizer.display(),
+        vq = root.join("vq").display(),
+        pairs = pairs.display(),
+    );
+    let path = root.join("exp.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+fn losses(run: &Path) -> Vec<(u64, String, String)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["step"].as_u64().unwrap(), v["loss"].to_string(), v["grad_norm"].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_run_killed_after_a_checkpoint_resumes_bit_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let steps = 300;
+    let exp = experiment(root, steps);
+    let cache = root.join("cache");
+
+    let whole = root.join("whole");
+    let out = xtask(&["train", "--config", arg(&exp), "--run-dir", arg(&whole), "--cache", arg(&cache)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Start again, and SIGKILL it as soon as its second checkpoint is on disk.
+    let killed = root.join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["train", "--config", arg(&exp), "--run-dir", arg(&killed), "--cache", arg(&cache)])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !killed.join("checkpoint-0000010/state.json").exists() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let status = std::fs::read_to_string(killed.join("status.json")).unwrap();
+    assert!(status.contains("running"), "the run finished before it was killed: {status}");
+    let partial = losses(&killed);
+    assert!(partial.len() < steps, "killed after {} steps", partial.len());
+
+    let out = xtask(&["train", "--resume", arg(&killed), "--cache", arg(&cache)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (a, b) = (losses(&whole), losses(&killed));
+    assert_eq!(a.len(), steps);
+    assert_eq!(a, b, "the resumed run's losses differ");
+}
+
+#[test]
+fn a_bad_experiment_is_refused_with_the_key_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = experiment(dir.path(), 10);
+    let text = std::fs::read_to_string(&exp).unwrap();
+    for (bad, key) in [
+        (text.replace("n_heads = 2", "n_heads = 3"), "n_heads"),
+        (text.replace("seed = 4", "seed = 4\nsede = 5"), "sede"),
+        (text.replace("weights = { pairs = 1.0 }", "weights = { pairs = 0.0 }"), "weight 0"),
+        (text.replace("batch_tokens = 160", "batch_tokens = 100"), "batch_tokens"),
+    ] {
+        std::fs::write(&exp, bad).unwrap();
+        let out = xtask(&["train", "--config", arg(&exp), "--run-dir", arg(&dir.path().join("r"))]);
+        assert!(!out.status.success());
+        let e = stderr(&out);
+        assert!(e.contains("exp.toml") && e.contains(key), "{key}: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+        assert!(!dir.path().join("r").exists(), "work started for a bad config");
+    }
+}

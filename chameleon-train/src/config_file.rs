@@ -29,11 +29,13 @@ pub(crate) fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
 }
 
 /// Deserializes section `name` of `table` into `T`, starting from `default` for missing keys and
-/// refusing keys that `T` does not have.
+/// refusing keys that `T` does not have. `optional` names the `Option` fields that the default
+/// leaves out of its serialized form (they are `None` there) but that the file may set.
 pub(crate) fn section<T: Serialize + DeserializeOwned>(
     table: &toml::Table,
     name: &str,
     default: &T,
+    optional: &[&str],
     path: &Path,
 ) -> Result<T, ConfigError> {
     let mut merged = match toml::Table::try_from(default) {
@@ -44,8 +46,8 @@ pub(crate) fn section<T: Serialize + DeserializeOwned>(
         let given =
             given.as_table().ok_or_else(|| ConfigError::new(path, format!("`{name}` must be a table ([{name}])")))?;
         for (key, value) in given {
-            if !merged.contains_key(key) {
-                let mut known: Vec<&str> = merged.keys().map(String::as_str).collect();
+            if !merged.contains_key(key) && !optional.contains(&key.as_str()) {
+                let mut known: Vec<&str> = merged.keys().map(String::as_str).chain(optional.iter().copied()).collect();
                 known.sort_unstable();
                 return Err(ConfigError::new(
                     path,

@@ -66,15 +66,17 @@ pub struct Experiment {
 }
 
 impl Experiment {
-    /// Reads and validates an experiment file.
+    /// Reads and validates an experiment file. An `[ablation]` section is allowed (and read by
+    /// [`crate::ablation::Grid::load`]); this is the grid's base experiment.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let table = read_table(path)?;
-        only_sections(&table, &["model", "data", "optim", "schedule", "train"], path)?;
-        let model: ChameleonConfig = section(&table, "model", &ChameleonConfig::new(0, 256, 4, 4), path)?;
+        only_sections(&table, &["model", "data", "optim", "schedule", "train", "ablation"], path)?;
+        let model_default = ChameleonConfig::new(0, 256, 4, 4);
+        let model: ChameleonConfig = section(&table, "model", &model_default, &["n_kv_heads", "ffn_dim"], path)?;
         let data = DataConfig::load(path).map_err(|e| ConfigError::new(path, e.message))?;
-        let optim: OptimConfig = section(&table, "optim", &OptimConfig::default(), path)?;
-        let schedule: Schedule = section(&table, "schedule", &Schedule::default(), path)?;
-        let train: TrainConfig = section(&table, "train", &TrainConfig::default(), path)?;
+        let optim: OptimConfig = section(&table, "optim", &OptimConfig::default(), &[], path)?;
+        let schedule: Schedule = section(&table, "schedule", &Schedule::default(), &[], path)?;
+        let train: TrainConfig = section(&table, "train", &TrainConfig::default(), &[], path)?;
         let exp = Self { model, data, optim, schedule, train };
         exp.validate().map_err(|m| ConfigError::new(path, m))?;
         Ok(exp)
@@ -135,5 +137,35 @@ impl Experiment {
         put("schedule", toml::Value::try_from(&self.schedule))?;
         put("train", toml::Value::try_from(&self.train))?;
         toml::to_string_pretty(&table).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn smoke_with(extra_model_keys: &str) -> (tempfile::TempDir, PathBuf) {
+        let smoke = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../experiments/smoke.toml")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("exp.toml");
+        std::fs::write(&path, smoke.replace("[model]\n", &format!("[model]\n{extra_model_keys}\n"))).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn optional_model_fields_can_be_set_and_unknown_ones_are_refused() {
+        let (dir, path) = smoke_with("n_kv_heads = 1\nffn_dim = 96");
+        let exp = Experiment::load(&path).unwrap();
+        assert_eq!((exp.model.n_kv_heads, exp.model.ffn_dim), (Some(1), Some(96)));
+        // The resolved config written beside a run reads back the same.
+        let again = dir.path().join("resolved.toml");
+        std::fs::write(&again, exp.to_toml().unwrap()).unwrap();
+        assert_eq!(Experiment::load(&again).unwrap(), exp);
+
+        let (_dir, path) = smoke_with("n_kv_head = 1");
+        let e = Experiment::load(&path).unwrap_err().to_string();
+        assert!(e.contains("model.n_kv_head") && e.contains("n_kv_heads"), "{e}");
     }
 }

@@ -6,11 +6,14 @@
 //!
 //! Today: the VQ-VAE image tokenizer's training ([`vq_train`]); the language model's experiment
 //! files ([`experiment`]), optimizer recipe ([`optim`]: AdamW as in the paper, the global
-//! gradient-norm clip, the schedules) and training loop with exact resume ([`trainer`]). The
-//! ablation grid and the monitor land with issue #5.
+//! gradient-norm clip, the schedules) and training loop with exact resume ([`trainer`]); the
+//! ablation grid ([`ablation`]) and the live monitor ([`monitor`]).
 
+pub mod ablation;
 mod config_file;
 pub mod experiment;
+pub mod findings;
+pub mod monitor;
 pub mod optim;
 pub mod trainer;
 pub mod vq_train;

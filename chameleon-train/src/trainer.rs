@@ -11,6 +11,8 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
@@ -48,7 +50,8 @@ fn err(path: &Path, message: impl ToString) -> TrainError {
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Status {
-    /// `running`, `done` or `diverged`.
+    /// `running`, `done`, `stopped` (by `--max-steps` or a stop request; resumable),
+    /// `diverged`, or `failed` (an error; set by the grid runner).
     pub state: String,
     /// Steps completed.
     pub step: usize,
@@ -76,6 +79,11 @@ pub struct RunOptions {
     pub checkpoint_every: Option<usize>,
     /// Continue from the newest checkpoint in the run directory.
     pub resume: bool,
+    /// When raised (by the monitor's `q`), the run checkpoints after the current step and stops.
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Draw an indicatif bar on a terminal; otherwise (and without a terminal) log a line every
+    /// 5% of the run.
+    pub progress_bar: bool,
 }
 
 /// Losses of one batch, before the backward pass.
@@ -164,6 +172,11 @@ fn save_checkpoint(
     std::fs::rename(&tmp, dir).map_err(|e| err(dir, e))
 }
 
+/// Whether the run directory holds a checkpoint to resume from.
+pub fn has_checkpoint(run: &Path) -> bool {
+    !checkpoints(run).is_empty()
+}
+
 fn checkpoints(run: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(run)
         .map(|rd| {
@@ -200,6 +213,21 @@ fn evaluate(model: &Chameleon, mixture: &mut Mixture, exp: &Experiment, layout: 
     sum / exp.train.eval_batches.max(1) as f64
 }
 
+/// The experiment with the vocabulary size taken from the prepared data, as written to
+/// `RUN/config.toml`.
+pub fn resolve(exp: &Experiment, prepared: &Prepared, run: &Path) -> Result<Experiment, TrainError> {
+    let layout = prepared.tokenizer().map_err(|e| err(&prepared.dir, e))?.layout().clone();
+    let mut model = exp.model.clone();
+    if model.vocab_size != 0 && model.vocab_size != layout.vocab_size() {
+        return Err(err(
+            run,
+            format!("model.vocab_size = {} but the data has {}", model.vocab_size, layout.vocab_size()),
+        ));
+    }
+    model.vocab_size = layout.vocab_size();
+    Ok(Experiment { model, ..exp.clone() })
+}
+
 /// Trains (or resumes) a run in `run`. Returns the final status.
 pub fn train(
     exp: &Experiment,
@@ -213,15 +241,8 @@ pub fn train(
     }
     std::fs::create_dir_all(run).map_err(|e| err(run, e))?;
     let layout = prepared.tokenizer().map_err(|e| err(&prepared.dir, e))?.layout().clone();
-    let mut config: ChameleonConfig = exp.model.clone();
-    if config.vocab_size != 0 && config.vocab_size != layout.vocab_size() {
-        return Err(err(
-            run,
-            format!("model.vocab_size = {} but the data has {}", config.vocab_size, layout.vocab_size()),
-        ));
-    }
-    config.vocab_size = layout.vocab_size();
-    let resolved = Experiment { model: config.clone(), ..exp.clone() };
+    let resolved = resolve(exp, prepared, run)?;
+    let config: ChameleonConfig = resolved.model.clone();
     std::fs::write(run.join(CONFIG_FILE), resolved.to_toml().map_err(|e| err(run, e))?).map_err(|e| err(run, e))?;
 
     let train_device = device.clone().autodiff();
@@ -275,7 +296,7 @@ pub fn train(
     let mut kept: VecDeque<PathBuf> = checkpoints(run).into();
     let mut status = Status { state: "running".into(), step, reason: None };
     write_status(run, &status)?;
-    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+    let bar = if options.progress_bar && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         indicatif::ProgressBar::new(stop as u64)
     } else {
         indicatif::ProgressBar::hidden()
@@ -287,6 +308,7 @@ pub fn train(
     );
     bar.set_position(step as u64);
     let report_every = (stop / 20).max(1);
+    let stop_requested = || options.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
     while step < stop {
         let started = std::time::Instant::now();
         train_device.seed(seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -359,7 +381,8 @@ pub fn train(
                 run.display()
             );
         }
-        let last = step == stop;
+        let interrupted = stop_requested();
+        let last = step == stop || interrupted;
         if (every > 0 && step % every == 0) || last {
             let dir = run.join(format!("checkpoint-{step:07}"));
             let state = TrainState { step, tokens, mixture: mixture.state().clone(), loss_ema };
@@ -374,6 +397,10 @@ pub fn train(
             }
         }
         status.step = step;
+        if interrupted {
+            tracing::info!("{}: stopped at step {step} on request (checkpoint written)", run.display());
+            break;
+        }
     }
     bar.finish_and_clear();
     status.state = if step >= total { "done" } else { "stopped" }.into();

@@ -94,9 +94,9 @@ impl VqExperiment {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let table = read_table(path)?;
         only_sections(&table, &["vq", "train"], path)?;
-        let vq: VqConfig = section(&table, "vq", &VqConfig::new(), path)?;
+        let vq: VqConfig = section(&table, "vq", &VqConfig::new(), &[], path)?;
         vq.validate().map_err(|m| ConfigError::new(path, format!("[vq]: {m}")))?;
-        let train: VqTrainConfig = section(&table, "train", &VqTrainConfig::default(), path)?;
+        let train: VqTrainConfig = section(&table, "train", &VqTrainConfig::default(), &[], path)?;
         let t = &train;
         for (key, v) in [
             ("steps", t.steps),

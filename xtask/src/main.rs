@@ -1,8 +1,10 @@
 //! `cargo xtask <command>`: the one command line of chameleon-rs.
 
+mod ablate;
 mod data;
 mod device;
 mod export;
+mod logging;
 mod logits;
 mod npy;
 mod train;
@@ -27,10 +29,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the stability ablation grid (default: experiments/stability.toml on CPU).
+    /// Run the stability ablation grid (default: experiments/stability.toml on CPU), live.
     Ablate {
-        /// Experiment file.
+        /// Experiment file with an [ablation] section.
         file: Option<PathBuf>,
+        /// Where the runs go (default: runs/<file stem>).
+        #[arg(long)]
+        runs_dir: Option<PathBuf>,
+        /// Plain progress lines instead of the terminal UI (the default without a terminal).
+        #[arg(long)]
+        no_tui: bool,
+        /// Cache folder for data.
+        #[arg(long, default_value = ".cache")]
+        cache: PathBuf,
+    },
+    /// Follow run directories live: a grid, one run, or a folder of runs (any process's).
+    Monitor {
+        /// The directory.
+        dir: PathBuf,
     },
     /// Train one language-model run (or continue one exactly with --resume RUN).
     Train {
@@ -93,10 +109,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .init();
+    logging::init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -109,10 +122,10 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let device = device::parse(&cli.device)?;
     match cli.command {
-        Command::Ablate { .. } => anyhow::bail!(
-            "the ablation grid and its monitor are not built yet (issue #5). Single runs train today: \
-             `cargo xtask train --config experiments/smoke.toml`; see README.md"
-        ),
+        Command::Ablate { file, runs_dir, no_tui, cache } => {
+            ablate::run(file.as_deref(), runs_dir.as_deref(), no_tui, &cache, &device)
+        }
+        Command::Monitor { dir } => ablate::monitor(&dir),
         Command::Data { command } => data::run(command, &device),
         Command::Train { config, run_dir, resume, max_steps, checkpoint_every, cache } => train::run(
             config.as_deref(),

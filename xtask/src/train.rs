@@ -30,7 +30,13 @@ pub fn run(
     };
     let exp = Experiment::load(&config)?;
     let prepared = prepare_data(&exp.data, cache, false, device)?;
-    let options = RunOptions { max_steps, checkpoint_every, resume: resume.is_some() };
+    let options = RunOptions {
+        max_steps,
+        checkpoint_every,
+        resume: resume.is_some(),
+        progress_bar: true,
+        ..RunOptions::default()
+    };
     let status = train(&exp, &prepared, &run_dir, device, &options)?;
     println!(
         "{}: {} at step {}{}",

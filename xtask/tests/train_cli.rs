@@ -1,4 +1,4 @@
-//! `cargo xtask train`: a run killed with SIGKILL after a checkpoint and resumed with
+//! `cargo xtask train` and `ablate`: a run killed with SIGKILL after a checkpoint and resumed with
 //! `--resume RUN` writes the same losses, to the last bit, as a run that was never interrupted.
 
 mod common;
@@ -122,4 +122,69 @@ fn a_bad_experiment_is_refused_with_the_key_named() {
         assert!(!e.contains("panicked"), "{e}");
         assert!(!dir.path().join("r").exists(), "work started for a bad config");
     }
+}
+
+#[test]
+fn the_grid_outlives_a_diverging_run_and_resumes_a_killed_one_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let steps = 100;
+    let exp = experiment(root, steps);
+    // One run that blows up at once (a learning rate of a million), one that trains.
+    let text = std::fs::read_to_string(&exp).unwrap() + "\n[ablation]\nlearning_rate = [1e6, 3e-3]\n";
+    std::fs::write(&exp, text).unwrap();
+    let cache = root.join("cache");
+
+    let whole = root.join("whole");
+    let out = xtask(&["ablate", arg(&exp), "--runs-dir", arg(&whole), "--cache", arg(&cache)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(table.contains("lr1e6") && table.contains("diverged@"), "{table}");
+    assert!(table.contains("lr3e-3") && table.contains("done"), "{table}");
+    assert!(table.contains("The paper's findings"), "{table}");
+    assert!(whole.join("grid.json").is_file());
+    assert_eq!(losses(&whole.join("lr3e-3")).len(), steps);
+
+    // Run again: nothing to do.
+    let out = xtask(&["ablate", arg(&exp), "--runs-dir", arg(&whole), "--cache", arg(&cache)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already done"), "{}", stderr(&out));
+
+    // SIGKILL a second grid in its second run, after a checkpoint; running it again resumes
+    // that run and writes the same losses to the last bit.
+    let killed = root.join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["ablate", arg(&exp), "--runs-dir", arg(&killed), "--cache", arg(&cache)])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !killed.join("lr3e-3/checkpoint-0000010/state.json").exists() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(losses(&killed.join("lr3e-3")).len() < steps, "the run finished before it was killed");
+    let out = xtask(&["ablate", arg(&exp), "--runs-dir", arg(&killed), "--cache", arg(&cache)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("resuming"), "{}", stderr(&out));
+    assert_eq!(losses(&whole.join("lr3e-3")), losses(&killed.join("lr3e-3")));
+
+    // Another process can follow the runs: without a terminal, `monitor` prints the table.
+    let out = xtask(&["monitor", arg(&killed)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(shown.contains("lr3e-3") && shown.contains("done") && shown.contains("diverged@"), "{shown}");
+    let out = xtask(&["monitor", arg(&root.join("nowhere"))]);
+    assert!(!out.status.success() && stderr(&out).contains("nowhere"), "{}", stderr(&out));
+
+    // A grid that names a switch it does not have is refused before any work.
+    let bad = std::fs::read_to_string(&exp).unwrap().replace("learning_rate = [", "learning_rates = [");
+    std::fs::write(&exp, bad).unwrap();
+    let out = xtask(&["ablate", arg(&exp), "--runs-dir", arg(&root.join("bad")), "--cache", arg(&cache)]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("exp.toml") && stderr(&out).contains("learning_rates"), "{}", stderr(&out));
+    assert!(!root.join("bad").exists());
 }

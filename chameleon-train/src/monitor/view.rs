@@ -1,0 +1,357 @@
+//! What the monitor draws, and what its keys do. Pure: state in, frame out, so that
+//! ratatui's `TestBackend` can check it.
+
+use ratatui::Frame;
+use ratatui::crossterm::event::KeyCode;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style, Stylize};
+use ratatui::symbols::Marker;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{
+    Axis, Block, Cell, Chart, Dataset, GraphType, LegendPosition, Paragraph, Row, Table, TableState,
+};
+
+use super::runs::{Metric, RunState, Watch};
+
+const PALETTE: [Color; 8] = [
+    Color::Cyan,
+    Color::Yellow,
+    Color::Magenta,
+    Color::Green,
+    Color::LightRed,
+    Color::LightBlue,
+    Color::White,
+    Color::LightGreen,
+];
+
+/// The monitor's state.
+#[derive(Debug)]
+pub struct App {
+    /// The runs.
+    pub watch: Watch,
+    /// The metric the chart shows.
+    pub metric: Metric,
+    /// The highlighted run (drawn on top and bold in the chart).
+    pub selected: usize,
+    /// Log scale on the chart's y axis.
+    pub log_scale: bool,
+    /// Chart the highlighted run only.
+    pub only_selected: bool,
+    /// A line shown above the help (e.g. "stopping…").
+    pub message: Option<String>,
+}
+
+/// What a key asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing beyond a redraw.
+    None,
+    /// Leave (and stop training gracefully, when the monitor owns it).
+    Quit,
+}
+
+impl App {
+    /// A monitor of `watch`, charting the loss on a log scale.
+    pub fn new(watch: Watch) -> Self {
+        Self { watch, metric: Metric::Loss, selected: 0, log_scale: true, only_selected: false, message: None }
+    }
+
+    /// Applies a key.
+    pub fn on_key(&mut self, key: KeyCode) -> Action {
+        let n = self.watch.runs.len().max(1);
+        let at = Metric::ALL.iter().position(|&m| m == self.metric).unwrap_or(0);
+        match key {
+            KeyCode::Char('q') | KeyCode::Esc => return Action::Quit,
+            KeyCode::Char('m') | KeyCode::Tab | KeyCode::Right => self.metric = Metric::ALL[(at + 1) % 6],
+            KeyCode::Char('M') | KeyCode::BackTab | KeyCode::Left => self.metric = Metric::ALL[(at + 5) % 6],
+            KeyCode::Char(c @ '1'..='6') => self.metric = Metric::ALL[c as usize - '1' as usize],
+            KeyCode::Down | KeyCode::Char('j') => self.selected = (self.selected + 1) % n,
+            KeyCode::Up | KeyCode::Char('k') => self.selected = (self.selected + n - 1) % n,
+            KeyCode::Char('l') => self.log_scale = !self.log_scale,
+            KeyCode::Char('a') => self.only_selected = !self.only_selected,
+            _ => {}
+        }
+        Action::None
+    }
+
+    /// Draws the whole screen.
+    pub fn render(&self, frame: &mut Frame) {
+        let rows = self.watch.runs.len() as u16 + 3;
+        let [table, chart, help] = Layout::vertical([
+            Constraint::Length(rows.min(frame.area().height / 2)),
+            Constraint::Min(6),
+            Constraint::Length(2),
+        ])
+        .areas(frame.area());
+        self.render_table(frame, table);
+        self.render_chart(frame, chart);
+        self.render_help(frame, help);
+    }
+
+    fn render_table(&self, frame: &mut Frame, area: Rect) {
+        let header = Row::new(["run", "switches", "status", "step", "loss", "tok/s", "ETA"]).style(Style::new().bold());
+        let rows = self.watch.runs.iter().enumerate().map(|(i, r)| {
+            let total = r.total_steps.map(|t| format!("/{t}")).unwrap_or_default();
+            let status = match &r.state {
+                RunState::Diverged(_) => format!("diverged@{}", r.status_step),
+                s => s.word().to_string(),
+            };
+            let status_style = match r.state {
+                RunState::Diverged(_) | RunState::Failed(_) => Style::new().fg(Color::Red),
+                RunState::Done => Style::new().fg(Color::Green),
+                RunState::Running => Style::new().fg(Color::Yellow),
+                _ => Style::new(),
+            };
+            Row::new([
+                Cell::from(r.name.clone()).style(Style::new().fg(PALETTE[i % PALETTE.len()])),
+                Cell::from(r.switches.clone()),
+                Cell::from(status).style(status_style),
+                Cell::from(format!("{}{total}", r.step())),
+                Cell::from(r.last(Metric::Loss).map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into())),
+                Cell::from(r.tokens_per_s().map(|t| format!("{t:.0}")).unwrap_or_else(|| "-".into())),
+                Cell::from(r.eta_s().map(duration).unwrap_or_else(|| "-".into())),
+            ])
+        });
+        let widths = [
+            Constraint::Fill(3),
+            Constraint::Fill(4),
+            Constraint::Length(13),
+            Constraint::Length(11),
+            Constraint::Length(8),
+            Constraint::Length(7),
+            Constraint::Length(7),
+        ];
+        let title = format!(" runs in {} ", self.watch.dir.display());
+        let table = Table::new(rows, widths)
+            .header(header)
+            .block(Block::bordered().title(title))
+            .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
+            .highlight_symbol("▶ ");
+        let mut state = TableState::default().with_selected(Some(self.selected));
+        frame.render_stateful_widget(table, area, &mut state);
+    }
+
+    fn render_chart(&self, frame: &mut Frame, area: Rect) {
+        // Log scale plots log10 of the value; log Z, which may be negative, plots |log Z|.
+        let signed = self.metric == Metric::LogZ;
+        let y = |v: f64| {
+            let v = if self.log_scale && signed { v.abs() } else { v };
+            if self.log_scale { (v > 0.0).then(|| v.log10()) } else { Some(v) }
+        };
+        let series: Vec<(usize, Vec<(f64, f64)>)> = self
+            .watch
+            .runs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !self.only_selected || *i == self.selected)
+            .map(|(i, r)| {
+                let pts = r
+                    .points
+                    .iter()
+                    .filter_map(|p| {
+                        Some(p.value(self.metric)).filter(|v| v.is_finite()).and_then(y).map(|y| (p.step as f64, y))
+                    })
+                    .collect();
+                (i, pts)
+            })
+            .filter(|(_, pts): &(usize, Vec<(f64, f64)>)| !pts.is_empty())
+            .collect();
+        let all = series.iter().flat_map(|(_, s)| s.iter());
+        let (mut lo, mut hi, mut x_hi) = (f64::INFINITY, f64::NEG_INFINITY, 1.0f64);
+        for &(x, v) in all {
+            lo = lo.min(v);
+            hi = hi.max(v);
+            x_hi = x_hi.max(x);
+        }
+        for r in &self.watch.runs {
+            x_hi = x_hi.max(r.total_steps.unwrap_or(0) as f64);
+        }
+        if !lo.is_finite() {
+            (lo, hi) = (0.0, 1.0);
+        } else if hi - lo < 1e-9 {
+            (lo, hi) = (lo - 0.5, hi + 0.5);
+        }
+        let pad = (hi - lo) * 0.05;
+        let (lo, hi) = (lo - pad, hi + pad);
+        // The highlighted run is drawn last, on top, in bold.
+        let mut order: Vec<&(usize, Vec<(f64, f64)>)> = series.iter().collect();
+        order.sort_by_key(|(i, _)| *i == self.selected);
+        let datasets: Vec<Dataset> = order
+            .into_iter()
+            .map(|(i, pts)| {
+                let mut style = Style::new().fg(PALETTE[i % PALETTE.len()]);
+                if *i == self.selected {
+                    style = style.add_modifier(Modifier::BOLD);
+                }
+                Dataset::default()
+                    .name(self.watch.runs[*i].name.clone())
+                    .marker(if *i == self.selected { Marker::Braille } else { Marker::Dot })
+                    .graph_type(GraphType::Line)
+                    .style(style)
+                    .data(pts)
+            })
+            .collect();
+        let label = |v: f64| number(if self.log_scale { 10f64.powf(v) } else { v });
+        let y_labels = [lo, (lo + hi) / 2.0, hi].map(|v| Span::raw(label(v)));
+        let x_labels = [0.0, x_hi / 2.0, x_hi].map(|v| Span::raw(format!("{v:.0}")));
+        let scale = if self.log_scale { " (log scale)" } else { "" };
+        let what = if self.log_scale && signed { "|log Z| (mean)" } else { self.metric.title() };
+        let chart = Chart::new(datasets)
+            .block(Block::bordered().title(format!(" {what}{scale} ")))
+            .x_axis(Axis::default().title("step").bounds([0.0, x_hi]).labels(x_labels))
+            .y_axis(Axis::default().bounds([lo, hi]).labels(y_labels))
+            .legend_position(Some(LegendPosition::TopRight))
+            .hidden_legend_constraints((Constraint::Ratio(1, 2), Constraint::Ratio(3, 4)));
+        frame.render_widget(chart, area);
+    }
+
+    fn render_help(&self, frame: &mut Frame, area: Rect) {
+        let keys = "q quit · m/M or 1-6 metric · ↑/↓ run · l log scale · a all runs / highlighted only";
+        let detail = self.watch.runs.get(self.selected).and_then(|r| match &r.state {
+            RunState::Diverged(why) | RunState::Failed(why) => Some(format!("{}: {why}", r.name)),
+            _ => None,
+        });
+        let first = self.message.clone().or(detail).unwrap_or_default();
+        let text = vec![Line::from(first.yellow()), Line::from(keys.dim())];
+        frame.render_widget(Paragraph::new(text), area);
+    }
+}
+
+/// An axis label: 3 significant digits, in e-notation outside [0.01, 10⁴).
+fn number(v: f64) -> String {
+    let a = v.abs();
+    if a == 0.0 {
+        "0".into()
+    } else if !(0.01..1e4).contains(&a) {
+        format!("{v:.2e}")
+    } else {
+        let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
+        format!("{v:.decimals$}")
+    }
+}
+
+/// `3725` → `1h02m`, `95` → `1m35s`.
+fn duration(s: f64) -> String {
+    let s = s.round() as u64;
+    if s >= 3600 { format!("{}h{:02}m", s / 3600, s % 3600 / 60) } else { format!("{}m{:02}s", s / 60, s % 60) }
+}
+
+#[cfg(test)]
+mod tests {
+    use ratatui::Terminal;
+    use ratatui::backend::TestBackend;
+
+    use super::*;
+    use crate::trainer::{METRICS_FILE, STATUS_FILE};
+
+    fn screen(app: &App, w: u16, h: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(w, h)).unwrap();
+        terminal.draw(|f| app.render(f)).unwrap();
+        let buffer = terminal.backend().buffer().clone();
+        (0..h)
+            .map(|y| (0..w).map(|x| buffer[(x, y)].symbol().to_string()).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn grid_dir() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let runs = serde_json::json!({ "runs": [
+            { "name": "noqk-lr3e-1", "switches": { "qk_norm": false, "learning_rate": 0.3 } },
+            { "name": "qk-lr3e-1", "switches": { "qk_norm": true, "learning_rate": 0.3 } },
+            { "name": "qk-lr1e-2", "switches": { "qk_norm": true, "learning_rate": 0.01 } },
+        ]});
+        std::fs::write(dir.path().join("grid.json"), runs.to_string()).unwrap();
+        for (name, logit) in [("noqk-lr3e-1", 1000.0), ("qk-lr3e-1", 10.0)] {
+            let run = dir.path().join(name);
+            std::fs::create_dir(&run).unwrap();
+            let rows: String = (1..=20)
+                .map(|s| {
+                    format!(
+                        "{{\"step\":{s},\"tokens\":{},\"loss\":{},\"max_attn_logit\":{},\"tokens_per_s\":500.0,\"log_z_mean\":-2.0}}\n",
+                        s * 100,
+                        8.0 - s as f64 * 0.1,
+                        logit * s as f64
+                    )
+                })
+                .collect();
+            std::fs::write(run.join(METRICS_FILE), rows).unwrap();
+        }
+        std::fs::write(
+            dir.path().join("noqk-lr3e-1").join(STATUS_FILE),
+            r#"{"state":"diverged","step":21,"reason":"non-finite loss at step 21"}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("qk-lr3e-1").join(STATUS_FILE), r#"{"state":"running","step":20}"#).unwrap();
+        dir
+    }
+
+    #[test]
+    fn the_table_lists_every_run_with_its_state() {
+        let dir = grid_dir();
+        let app = App::new(Watch::open(dir.path()).unwrap());
+        let text = screen(&app, 140, 36);
+        for needle in ["noqk-lr3e-1", "qk-lr1e-2", "diverged@21", "running", "queued", "noqk", "6.0000", "500"] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(text.contains("loss (log scale)"), "{text}");
+        assert!(text.contains("q quit"), "{text}");
+        // The diverged run is highlighted first, so its reason is shown.
+        assert!(text.contains("non-finite loss at step 21"), "{text}");
+    }
+
+    #[test]
+    fn keys_switch_metric_run_and_scale() {
+        let dir = grid_dir();
+        let mut app = App::new(Watch::open(dir.path()).unwrap());
+        app.on_key(KeyCode::Char('2'));
+        assert_eq!(app.metric, Metric::MaxAttnLogit);
+        let text = screen(&app, 140, 36);
+        assert!(text.contains("max attention logit (log scale)"), "{text}");
+        // The y axis spans the runs' values, 10 … 20,000, on a log scale (with 5% margins).
+        assert!(text.contains("2.92e4") && text.contains("6.84"), "{text}");
+        app.on_key(KeyCode::Char('l'));
+        assert!(screen(&app, 140, 36).contains(" max attention logit "));
+        app.on_key(KeyCode::Char('4'));
+        app.on_key(KeyCode::Char('l'));
+        assert!(screen(&app, 140, 36).contains("|log Z| (mean) (log scale)"));
+        app.on_key(KeyCode::Down);
+        app.on_key(KeyCode::Down);
+        app.on_key(KeyCode::Down);
+        assert_eq!(app.selected, 0, "selection wraps");
+        app.on_key(KeyCode::Up);
+        assert_eq!(app.selected, 2);
+        app.on_key(KeyCode::Char('m'));
+        assert_eq!(app.metric, Metric::GradNorm);
+        app.on_key(KeyCode::Char('M'));
+        app.on_key(KeyCode::Char('M'));
+        assert_eq!(app.metric, Metric::OutputRms);
+        assert_eq!(app.on_key(KeyCode::Char('q')), Action::Quit);
+    }
+
+    #[test]
+    fn a_small_or_resized_terminal_still_renders() {
+        let dir = grid_dir();
+        let app = App::new(Watch::open(dir.path()).unwrap());
+        let text = screen(&app, 50, 14);
+        assert!(text.contains("runs in"), "{text}");
+        // The same terminal, shrunk between two frames: the next draw fits the new size.
+        let mut terminal = Terminal::new(TestBackend::new(140, 36)).unwrap();
+        terminal.draw(|f| app.render(f)).unwrap();
+        terminal.backend_mut().resize(60, 20);
+        let frame = terminal.draw(|f| app.render(f)).unwrap();
+        assert_eq!((frame.area.width, frame.area.height), (60, 20));
+        assert!(terminal.backend().buffer().content.iter().any(|c| c.symbol() == "▶"));
+    }
+
+    #[test]
+    fn durations_and_axis_numbers_read_well() {
+        assert_eq!(duration(95.0), "1m35s");
+        assert_eq!(duration(3725.0), "1h02m");
+        assert_eq!(number(49.79), "49.8");
+        assert_eq!(number(0.1937), "0.194");
+        assert_eq!(number(3.0), "3.00");
+        assert_eq!(number(123456.0), "1.23e5");
+        assert_eq!(number(-2.5e-4), "-2.50e-4");
+    }
+}

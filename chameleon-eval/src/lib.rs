@@ -1,9 +1,12 @@
 //! # chameleon-eval
 //!
 //! Mixed-modal generation with modality masking, perplexity by modality, caption and
-//! reconstruction metrics, and the ablation report. Generation decodes with
-//! [`chameleon_model::KvCache`].
+//! reconstruction metrics, and the ablation report.
 //!
-//! This crate is empty until issue #6 lands; the workspace already has its place.
+//! Today: the ablation report ([`report`]: `report.md` with PNG plots, the runs table, the
+//! learning-rate sensitivity and a verdict on each of the paper's findings). Generation and the
+//! evaluations are the rest of issue #6.
+
+pub mod report;
 
 pub use chameleon_model::KvCache;

@@ -46,10 +46,19 @@ pub fn run(file: Option<&Path>, runs_dir: Option<&Path>, no_tui: bool, cache: &P
     let path = dir.join("summary.txt");
     std::fs::write(&path, &table).with_context(|| format!("{}: cannot write", path.display()))?;
     println!("\n{table}\n(also in {})", path.display());
+    report(&dir, None)?;
     let stopped = outcomes.len() < grid.runs.len() || outcomes.iter().any(|o| o.status.state == "stopped");
     if stopped {
         println!("stopped early: run `cargo xtask ablate {}` again to resume", file.display());
     }
+    Ok(())
+}
+
+/// Writes the ablation report of the grid in `runs_dir` into `out` (default `RUNS_DIR/report`).
+pub fn report(runs_dir: &Path, out: Option<&Path>) -> Result<()> {
+    let out = out.map_or_else(|| runs_dir.join("report"), Path::to_path_buf);
+    let path = chameleon_eval::report::write_report(runs_dir, &out)?;
+    println!("report: {} (plots beside it)", path.display());
     Ok(())
 }
 

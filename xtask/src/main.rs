@@ -48,6 +48,14 @@ enum Command {
         /// The directory.
         dir: PathBuf,
     },
+    /// Write the ablation report (report.md and PNG plots) of a grid's runs.
+    Report {
+        /// The grid directory (e.g. runs/stability).
+        runs_dir: PathBuf,
+        /// Where report.md and the plots go (default: RUNS_DIR/report).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Train one language-model run (or continue one exactly with --resume RUN).
     Train {
         /// Experiment file ([model], [data], [optim], [schedule], [train]).
@@ -126,6 +134,7 @@ fn run(cli: Cli) -> Result<()> {
             ablate::run(file.as_deref(), runs_dir.as_deref(), no_tui, &cache, &device)
         }
         Command::Monitor { dir } => ablate::monitor(&dir),
+        Command::Report { runs_dir, out } => ablate::report(&runs_dir, out.as_deref()),
         Command::Data { command } => data::run(command, &device),
         Command::Train { config, run_dir, resume, max_steps, checkpoint_every, cache } => train::run(
             config.as_deref(),

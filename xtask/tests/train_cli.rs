@@ -143,6 +143,9 @@ fn the_grid_outlives_a_diverging_run_and_resumes_a_killed_one_exactly() {
     assert!(table.contains("lr3e-3") && table.contains("done"), "{table}");
     assert!(table.contains("The paper's findings"), "{table}");
     assert!(whole.join("grid.json").is_file());
+    // It ends with the report: markdown beside its plots.
+    let report = std::fs::read_to_string(whole.join("report/report.md")).unwrap();
+    assert!(report.contains("](loss.png)") && whole.join("report/loss.png").is_file(), "{report}");
     assert_eq!(losses(&whole.join("lr3e-3")).len(), steps);
 
     // Run again: nothing to do.
@@ -177,8 +180,10 @@ fn the_grid_outlives_a_diverging_run_and_resumes_a_killed_one_exactly() {
     assert!(out.status.success(), "{}", stderr(&out));
     let shown = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(shown.contains("lr3e-3") && shown.contains("done") && shown.contains("diverged@"), "{shown}");
-    let out = xtask(&["monitor", arg(&root.join("nowhere"))]);
-    assert!(!out.status.success() && stderr(&out).contains("nowhere"), "{}", stderr(&out));
+    for command in ["monitor", "report"] {
+        let out = xtask(&[command, arg(&root.join("nowhere"))]);
+        assert!(!out.status.success() && stderr(&out).contains("nowhere"), "{}", stderr(&out));
+    }
 
     // A grid that names a switch it does not have is refused before any work.
     let bad = std::fs::read_to_string(&exp).unwrap().replace("learning_rate = [", "learning_rates = [");

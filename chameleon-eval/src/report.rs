@@ -237,6 +237,9 @@ fn register_font() {
     });
 }
 
+/// One curve: the variant's index (its colour), its name, and (step, y) points.
+type Line = (usize, String, Vec<(f64, f64)>);
+
 /// One PNG: a panel per learning rate, a line per variant.
 fn plot(
     path: &Path,
@@ -258,7 +261,7 @@ fn plot(
         for (panel, &lr) in panels.iter().zip(lrs) {
             let here: Vec<&&RunView> =
                 runs.iter().filter(|r| lr_of(r) == lr || (lr.is_nan() && lr_of(r).is_nan())).collect();
-            let series: Vec<(usize, String, Vec<(f64, f64)>)> = here
+            let series: Vec<Line> = here
                 .iter()
                 .map(|r| {
                     let v = variant_of(r);

@@ -177,6 +177,11 @@ pub fn has_checkpoint(run: &Path) -> bool {
     !checkpoints(run).is_empty()
 }
 
+/// The newest checkpoint directory of a run (its `model.bpk` holds the weights).
+pub fn latest_checkpoint(run: &Path) -> Option<PathBuf> {
+    checkpoints(run).pop()
+}
+
 fn checkpoints(run: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(run)
         .map(|rd| {

@@ -4,6 +4,7 @@ mod ablate;
 mod data;
 mod device;
 mod export;
+mod generate;
 mod logging;
 mod logits;
 mod npy;
@@ -48,6 +49,8 @@ enum Command {
         /// The directory.
         dir: PathBuf,
     },
+    /// Generate text and images from a trained run (streamed; images written as PNGs).
+    Generate(generate::GenerateArgs),
     /// Write the ablation report (report.md and PNG plots) of a grid's runs.
     Report {
         /// The grid directory (e.g. runs/stability).
@@ -135,6 +138,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Monitor { dir } => ablate::monitor(&dir),
         Command::Report { runs_dir, out } => ablate::report(&runs_dir, out.as_deref()),
+        Command::Generate(args) => generate::run(&args, &device),
         Command::Data { command } => data::run(command, &device),
         Command::Train { config, run_dir, resume, max_steps, checkpoint_every, cache } => train::run(
             config.as_deref(),

@@ -175,6 +175,31 @@ fn the_grid_outlives_a_diverging_run_and_resumes_a_killed_one_exactly() {
     assert!(stderr(&out).contains("resuming"), "{}", stderr(&out));
     assert_eq!(losses(&whole.join("lr3e-3")), losses(&killed.join("lr3e-3")));
 
+    // The trained run generates: text only, one image, or both, with an image in the prompt.
+    let png = root.join("prompt.png");
+    fixtures::write_png(&png, 9).unwrap();
+    let run = arg(&whole.join("lr3e-3")).to_string();
+    let cache_arg = arg(&cache).to_string();
+    let generate = |mode: &str, out: &Path, extra: &[&str]| {
+        let mut args = vec!["generate", "--run", &run, "--mode", mode, "--out", arg(out), "--cache", &cache_arg];
+        args.extend_from_slice(extra);
+        xtask(&args)
+    };
+    let out = generate("image", &root.join("g-image"), &["--prompt", "picture 3 of a", "--partial-every", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let img = image::open(root.join("g-image/image-0.png")).unwrap();
+    assert_eq!(img.width(), img.height());
+    assert!(root.join("g-image/image-0.partial-0004.png").is_file());
+    let prompt = ["--prompt", "picture <image> of a", "--image", arg(&png), "--max-new-tokens", "24", "--greedy"];
+    let out = generate("text", &root.join("g-text"), &prompt);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!root.join("g-text/image-0.png").exists());
+    assert!(!std::fs::read_to_string(root.join("g-text/response.txt")).unwrap().contains("<image"));
+    let out = generate("interleaved", &root.join("g-mixed"), &prompt);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = generate("text", &root.join("g-bad"), &["--prompt", "two <image> markers <image>", "--image", arg(&png)]);
+    assert!(!out.status.success() && stderr(&out).contains("marker"), "{}", stderr(&out));
+
     // Another process can follow the runs: without a terminal, `monitor` prints the table.
     let out = xtask(&["monitor", arg(&killed)]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -1,0 +1,262 @@
+//! `cargo xtask generate`: mixed-modal output from a trained run, streamed: text is printed as it
+//! comes, and each image is written as a PNG when its block completes (optionally a partial
+//! decode every k codes).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use chameleon_data::image::{load_image, postprocess, save_png};
+use chameleon_data::tokenizer::TextTokenizer;
+use chameleon_eval::generate::{Event, GenerateConfig, Guidance, Mode, Sampling, generate};
+use chameleon_model::vq::VqVae;
+use chameleon_model::{Chameleon, Modality};
+use chameleon_train::experiment::Experiment;
+use chameleon_train::trainer::{CONFIG_FILE, latest_checkpoint};
+use clap::{Args, ValueEnum};
+
+use crate::data::{image_tokenizer, prepare_data};
+
+/// What to generate.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    /// Text only.
+    Text,
+    /// One image.
+    Image,
+    /// Text and images.
+    Interleaved,
+}
+
+/// The options of `cargo xtask generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// A run directory of ours (its newest checkpoint is used).
+    #[arg(long, required_unless_present = "checkpoint", conflicts_with = "checkpoint")]
+    run: Option<PathBuf>,
+    /// One checkpoint directory of a run (RUN/checkpoint-NNNNNNN).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// The prompt; each `<image>` marker takes the next --image file.
+    #[arg(long)]
+    prompt: String,
+    /// Images for the prompt's `<image>` markers, in order.
+    #[arg(long = "image")]
+    images: Vec<PathBuf>,
+    /// text, image or interleaved.
+    #[arg(long, value_enum, default_value = "interleaved")]
+    mode: ModeArg,
+    /// Where images and the transcript go.
+    #[arg(long, default_value = "generated")]
+    out: PathBuf,
+    /// Tokens to generate at most.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Sampling temperature (text and images).
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f64,
+    /// Nucleus sampling threshold.
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f64,
+    /// Keep the k most likely tokens (0: off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Repetition penalty on text.
+    #[arg(long, default_value_t = 1.2)]
+    repetition_penalty: f64,
+    /// Greedy decoding (argmax) for text and images.
+    #[arg(long)]
+    greedy: bool,
+    /// Image guidance scale s_img (classifier-free guidance; 1 and --cfg-text 1: off).
+    #[arg(long, default_value_t = 1.2)]
+    cfg_image: f64,
+    /// Text guidance scale s_txt.
+    #[arg(long, default_value_t = 3.0)]
+    cfg_text: f64,
+    /// Also write a partial decode of an image every this many codes.
+    #[arg(long)]
+    partial_every: Option<usize>,
+    /// Seed of the sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Cache folder for data (the run's tokenizer).
+    #[arg(long, default_value = ".cache")]
+    cache: PathBuf,
+}
+
+/// A trained run, ready to generate.
+struct Loaded {
+    model: Chameleon,
+    tokenizer: TextTokenizer,
+    vq: VqVae,
+}
+
+fn load(args: &GenerateArgs, device: &Device) -> Result<Loaded> {
+    let (run, checkpoint) = match (&args.run, &args.checkpoint) {
+        (Some(run), _) => {
+            let ckpt = latest_checkpoint(run)
+                .with_context(|| format!("{}: no checkpoint in this run directory", run.display()))?;
+            (run.clone(), ckpt)
+        }
+        (None, Some(ckpt)) => (ckpt.parent().unwrap_or(Path::new(".")).to_path_buf(), ckpt.clone()),
+        (None, None) => bail!("give --run RUN or --checkpoint DIR"),
+    };
+    let config = run.join(CONFIG_FILE);
+    if !config.is_file() {
+        bail!(
+            "{}: no {CONFIG_FILE}; --run and --checkpoint take runs of `cargo xtask train` (HF-format checkpoints \
+             need their own BPE tokenizer, which generate does not read yet)",
+            run.display()
+        );
+    }
+    let exp = Experiment::load(&config)?;
+    let prepared = prepare_data(&exp.data, &args.cache, false, device)?;
+    let tokenizer = prepared.tokenizer()?;
+    if exp.model.vocab_size != tokenizer.vocab_size() {
+        bail!(
+            "{}: model.vocab_size = {} but the run's tokenizer has {} ids",
+            config.display(),
+            exp.model.vocab_size,
+            tokenizer.vocab_size()
+        );
+    }
+    let weights = checkpoint.join("model.bpk");
+    let model = exp
+        .model
+        .init(device)
+        .try_load_file(&weights)
+        .map_err(|e| anyhow::anyhow!("{}: cannot load the model: {e:?}", weights.display()))?;
+    let vq = image_tokenizer(&exp.data.images, device)?;
+    Ok(Loaded { model, tokenizer, vq })
+}
+
+/// `<s>` + the prompt's text pieces, with each `<image>` replaced by its image block.
+fn prompt_tokens(args: &GenerateArgs, loaded: &Loaded, device: &Device) -> Result<Vec<u32>> {
+    let layout = loaded.tokenizer.layout();
+    let special = layout.special();
+    let parts: Vec<&str> = args.prompt.split("<image>").collect();
+    if parts.len() - 1 != args.images.len() {
+        bail!(
+            "the prompt has {} <image> marker(s) but {} --image file(s) were given",
+            parts.len() - 1,
+            args.images.len()
+        );
+    }
+    let side = loaded.vq.config.resolution;
+    let mut tokens = vec![special.bos];
+    for (i, text) in parts.iter().enumerate() {
+        loaded.tokenizer.encode_into(text, &mut tokens)?;
+        if let Some(path) = args.images.get(i) {
+            let pixels = load_image(path, side)?;
+            let x = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, side, side]), device);
+            let codes: Vec<i64> =
+                loaded.vq.encode(x).into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default();
+            tokens.push(special.begin_image);
+            for c in codes {
+                tokens.push(
+                    layout
+                        .image_token(c as u32)
+                        .with_context(|| format!("{}: code {c} outside the vocabulary", path.display()))?,
+                );
+            }
+            tokens.push(special.end_image);
+        }
+    }
+    Ok(tokens)
+}
+
+fn write_image(vq: &VqVae, codes: &[u32], path: &Path, device: &Device) -> Result<()> {
+    let side = vq.config.resolution;
+    let ids: Vec<i64> = codes.iter().map(|&c| c as i64).collect();
+    let t = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, codes.len()]), device);
+    let pixels = vq.decode(t).context("this image tokenizer has no decoder")?;
+    let values = pixels.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+    Ok(save_png(&postprocess(&values, side), path)?)
+}
+
+/// Runs `cargo xtask generate`.
+pub fn run(args: &GenerateArgs, device: &Device) -> Result<()> {
+    let loaded = load(args, device)?;
+    let prompt = prompt_tokens(args, &loaded, device)?;
+    std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
+    let sampling = Sampling {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        top_k: args.top_k,
+        repetition_penalty: args.repetition_penalty,
+        greedy: args.greedy,
+    };
+    let codes_per_image = loaded.vq.config.codes_per_image();
+    let config = GenerateConfig {
+        mode: match args.mode {
+            ModeArg::Text => Mode::Text,
+            ModeArg::Image => Mode::Image,
+            ModeArg::Interleaved => Mode::Interleaved,
+        },
+        max_new_tokens: args.max_new_tokens,
+        max_seq_len: loaded.model.config.max_seq_len,
+        codes_per_image,
+        text: sampling,
+        image: Sampling { repetition_penalty: 1.0, ..sampling },
+        guidance: (args.cfg_image != 1.0 || args.cfg_text != 1.0)
+            .then_some(Guidance { image_scale: args.cfg_image, text_scale: args.cfg_text }),
+        seed: args.seed,
+        use_cache: true,
+    };
+    let layout = loaded.tokenizer.layout().clone();
+    let (mut text_run, mut printed, mut images, mut transcript) = (Vec::new(), 0usize, 0usize, String::new());
+    let mut failure: Option<anyhow::Error> = None;
+    let mut stdout = std::io::stdout();
+    generate(&loaded.model, &layout, &[prompt], &config, device, &mut |event| {
+        let result = (|| -> Result<()> {
+            match event {
+                Event::Text { token, .. } if layout.modality(token) == Some(Modality::Text) => {
+                    // Decode the whole text run so pieces that join (bytes, spaces) print right.
+                    text_run.push(token);
+                    let text = loaded.tokenizer.decode(&text_run)?;
+                    if let Some(new) = text.get(printed..) {
+                        print!("{new}");
+                        transcript.push_str(new);
+                        printed = text.len();
+                    }
+                    stdout.flush()?;
+                }
+                Event::Text { .. } => {}
+                Event::ImageCode { codes, .. } => {
+                    if let Some(k) = args.partial_every
+                        && k > 0
+                        && codes.len() % k == 0
+                        && codes.len() < codes_per_image
+                    {
+                        // The codes not yet drawn are shown as code 0.
+                        let mut padded = codes.clone();
+                        padded.resize(codes_per_image, 0);
+                        let path = args.out.join(format!("image-{images}.partial-{:04}.png", codes.len()));
+                        write_image(&loaded.vq, &padded, &path, device)?;
+                    }
+                }
+                Event::ImageDone { codes, .. } => {
+                    let path = args.out.join(format!("image-{images}.png"));
+                    write_image(&loaded.vq, &codes, &path, device)?;
+                    println!("\n[image: {}]", path.display());
+                    transcript.push_str(&format!("\n<image: image-{images}.png>\n"));
+                    (text_run, printed, images) = (Vec::new(), 0, images + 1);
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            failure.get_or_insert(e);
+        }
+    });
+    println!();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let path = args.out.join("response.txt");
+    std::fs::write(&path, &transcript).with_context(|| format!("{}: cannot write", path.display()))?;
+    tracing::info!("{} image(s) and the transcript in {}", images, args.out.display());
+    Ok(())
+}

@@ -3,21 +3,16 @@
 //! decode every k codes).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
-use burn::tensor::{Device, Int, Tensor, TensorData};
-use chameleon_data::image::{load_image, postprocess, save_png};
-use chameleon_data::tokenizer::TextTokenizer;
+use burn::tensor::{Device, Tensor, TensorData};
+use chameleon_data::image::load_image;
 use chameleon_eval::generate::{Event, GenerateConfig, Guidance, Mode, Sampling, generate};
-use chameleon_model::vq::VqVae;
-use chameleon_model::{Chameleon, Modality};
-use chameleon_train::experiment::Experiment;
-use chameleon_train::trainer::{CONFIG_FILE, latest_checkpoint};
+use chameleon_model::Modality;
 use clap::{Args, ValueEnum};
 
-use crate::data::{image_tokenizer, prepare_data};
+use crate::trained::{Loaded, load_run, write_image};
 
 /// What to generate.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -86,52 +81,6 @@ pub struct GenerateArgs {
     cache: PathBuf,
 }
 
-/// A trained run, ready to generate.
-struct Loaded {
-    model: Chameleon,
-    tokenizer: TextTokenizer,
-    vq: VqVae,
-}
-
-fn load(args: &GenerateArgs, device: &Device) -> Result<Loaded> {
-    let (run, checkpoint) = match (&args.run, &args.checkpoint) {
-        (Some(run), _) => {
-            let ckpt = latest_checkpoint(run)
-                .with_context(|| format!("{}: no checkpoint in this run directory", run.display()))?;
-            (run.clone(), ckpt)
-        }
-        (None, Some(ckpt)) => (ckpt.parent().unwrap_or(Path::new(".")).to_path_buf(), ckpt.clone()),
-        (None, None) => bail!("give --run RUN or --checkpoint DIR"),
-    };
-    let config = run.join(CONFIG_FILE);
-    if !config.is_file() {
-        bail!(
-            "{}: no {CONFIG_FILE}; --run and --checkpoint take runs of `cargo xtask train` (HF-format checkpoints \
-             need their own BPE tokenizer, which generate does not read yet)",
-            run.display()
-        );
-    }
-    let exp = Experiment::load(&config)?;
-    let prepared = prepare_data(&exp.data, &args.cache, false, device)?;
-    let tokenizer = prepared.tokenizer()?;
-    if exp.model.vocab_size != tokenizer.vocab_size() {
-        bail!(
-            "{}: model.vocab_size = {} but the run's tokenizer has {} ids",
-            config.display(),
-            exp.model.vocab_size,
-            tokenizer.vocab_size()
-        );
-    }
-    let weights = checkpoint.join("model.bpk");
-    let model = exp
-        .model
-        .init(device)
-        .try_load_file(&weights)
-        .map_err(|e| anyhow::anyhow!("{}: cannot load the model: {e:?}", weights.display()))?;
-    let vq = image_tokenizer(&exp.data.images, device)?;
-    Ok(Loaded { model, tokenizer, vq })
-}
-
 /// `<s>` + the prompt's text pieces, with each `<image>` replaced by its image block.
 fn prompt_tokens(args: &GenerateArgs, loaded: &Loaded, device: &Device) -> Result<Vec<u32>> {
     let layout = loaded.tokenizer.layout();
@@ -167,18 +116,9 @@ fn prompt_tokens(args: &GenerateArgs, loaded: &Loaded, device: &Device) -> Resul
     Ok(tokens)
 }
 
-fn write_image(vq: &VqVae, codes: &[u32], path: &Path, device: &Device) -> Result<()> {
-    let side = vq.config.resolution;
-    let ids: Vec<i64> = codes.iter().map(|&c| c as i64).collect();
-    let t = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, codes.len()]), device);
-    let pixels = vq.decode(t).context("this image tokenizer has no decoder")?;
-    let values = pixels.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-    Ok(save_png(&postprocess(&values, side), path)?)
-}
-
 /// Runs `cargo xtask generate`.
 pub fn run(args: &GenerateArgs, device: &Device) -> Result<()> {
-    let loaded = load(args, device)?;
+    let loaded = load_run(args.run.as_deref(), args.checkpoint.as_deref(), &args.cache, device)?;
     let prompt = prompt_tokens(args, &loaded, device)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
     let sampling = Sampling {

@@ -3,12 +3,14 @@
 mod ablate;
 mod data;
 mod device;
+mod eval;
 mod export;
 mod generate;
 mod logging;
 mod logits;
 mod npy;
 mod train;
+mod trained;
 mod vq;
 
 use std::path::PathBuf;
@@ -51,6 +53,9 @@ enum Command {
     },
     /// Generate text and images from a trained run (streamed; images written as PNGs).
     Generate(generate::GenerateArgs),
+    /// Evaluate a trained run on its held-out data (perplexity by modality, captions, image
+    /// likelihood); writes eval.json and a sheet of samples.
+    Eval(eval::EvalArgs),
     /// Write the ablation report (report.md and PNG plots) of a grid's runs.
     Report {
         /// The grid directory (e.g. runs/stability).
@@ -139,6 +144,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Monitor { dir } => ablate::monitor(&dir),
         Command::Report { runs_dir, out } => ablate::report(&runs_dir, out.as_deref()),
         Command::Generate(args) => generate::run(&args, &device),
+        Command::Eval(args) => eval::run(&args, &device),
         Command::Data { command } => data::run(command, &device),
         Command::Train { config, run_dir, resume, max_steps, checkpoint_every, cache } => train::run(
             config.as_deref(),

@@ -200,6 +200,39 @@ fn the_grid_outlives_a_diverging_run_and_resumes_a_killed_one_exactly() {
     let out = generate("text", &root.join("g-bad"), &["--prompt", "two <image> markers <image>", "--image", arg(&png)]);
     assert!(!out.status.success() && stderr(&out).contains("marker"), "{}", stderr(&out));
 
+    // And evaluates: eval.json with every measure, and the sample sheet.
+    let out = xtask(&[
+        "eval",
+        "--run",
+        &run,
+        "--out",
+        arg(&root.join("eval")),
+        "--cache",
+        &cache_arg,
+        "--max-docs",
+        "4",
+        "--max-pairs",
+        "5",
+        "--distractors",
+        "3",
+        "--samples",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("eval/eval.json")).unwrap()).unwrap();
+    // The fixture holds out 1 in 10 of its 24 pairs; --max-pairs caps at 5.
+    let n = report["pairs"].as_u64().unwrap();
+    assert!((1..=5).contains(&n), "{n} pairs");
+    assert_eq!(report["choice_chance"].as_f64().unwrap(), 1.0 / (3.min(n - 1) + 1) as f64);
+    for key in ["nll", "perplexity"] {
+        assert!(report["text"][key].as_f64().unwrap() > 0.0 && report["image"][key].as_f64().unwrap() > 0.0);
+    }
+    assert!(report["image_nll_given_caption"].as_f64().unwrap().is_finite());
+    let sheet = image::open(root.join("eval/eval-samples.png")).unwrap();
+    assert!(sheet.height() > sheet.width() / 2, "two rows of true | generated");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("caption choice accuracy"));
+
     // Another process can follow the runs: without a terminal, `monitor` prints the table.
     let out = xtask(&["monitor", arg(&killed)]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -11,6 +11,7 @@ pub mod corpus;
 pub mod document;
 pub mod emoji;
 pub mod fixtures;
+pub mod hf_tokenizer;
 pub mod image;
 pub mod loader;
 pub mod mixture;

@@ -49,11 +49,14 @@ fn cap(n: usize, max: usize) -> usize {
 
 /// Runs `cargo xtask eval`.
 pub fn run(args: &EvalArgs, device: &Device) -> Result<()> {
-    let loaded = load_run(Some(&args.run), None, &args.cache, device)?;
-    let layout = loaded.tokenizer.layout().clone();
+    let loaded = load_run(&args.run, &args.cache, device)?;
+    let layout = loaded.text.layout().clone();
+    let (Some((experiment, prepared)), Some(vq)) = (&loaded.run, &loaded.vq) else {
+        anyhow::bail!("{}: eval needs a run of ours with its data and image tokenizer", args.run.display());
+    };
     let (mut docs, mut pairs): (Vec<Vec<u32>>, Vec<Pair>) = (Vec::new(), Vec::new());
-    for source in &loaded.experiment.data.sources {
-        let set = open_source(&loaded.prepared, &source.name, Split::HeldOut)?;
+    for source in &experiment.data.sources {
+        let set = open_source(prepared, &source.name, Split::HeldOut)?;
         for i in 0..cap(set.len(), args.max_docs) {
             let mut tokens = Vec::new();
             set.tokens_into(i, &mut tokens);
@@ -73,10 +76,10 @@ pub fn run(args: &EvalArgs, device: &Device) -> Result<()> {
         distractors: args.distractors,
         caption_tokens: 24,
         samples: args.samples,
-        codes_per_image: loaded.vq.config.codes_per_image(),
+        codes_per_image: vq.config.codes_per_image(),
         seed: args.seed,
     };
-    let decode = |ids: &[u32]| loaded.tokenizer.decode(ids).unwrap_or_default();
+    let decode = |ids: &[u32]| loaded.text.decode(ids).unwrap_or_default();
     tracing::info!(
         "evaluating {}: {} held-out documents, {} caption pairs",
         args.run.display(),
@@ -91,7 +94,7 @@ pub fn run(args: &EvalArgs, device: &Device) -> Result<()> {
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("{}: cannot write", json.display()))?;
     let sheet = out.join("eval-samples.png");
-    write_sheet(&loaded.vq, &pairs[..samples.len()], &samples, &sheet, device)?;
+    write_sheet(vq, &pairs[..samples.len()], &samples, &sheet, device)?;
 
     println!("{:<44} {:>10}", "measure (held out)", "value");
     println!("{:<44} {:>10.3}  ({} tokens)", "text: nats/token (perplexity)", report.text.nll, report.text.tokens);

@@ -12,7 +12,7 @@ use chameleon_eval::generate::{Event, GenerateConfig, Guidance, Mode, Sampling, 
 use chameleon_model::Modality;
 use clap::{Args, ValueEnum};
 
-use crate::trained::{Loaded, load_run, write_image};
+use crate::trained::{Loaded, load_checkpoint, load_run, write_image};
 
 /// What to generate.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -31,9 +31,16 @@ pub struct GenerateArgs {
     /// A run directory of ours (its newest checkpoint is used).
     #[arg(long, required_unless_present = "checkpoint", conflicts_with = "checkpoint")]
     run: Option<PathBuf>,
-    /// One checkpoint directory of a run (RUN/checkpoint-NNNNNNN).
+    /// One checkpoint directory: of a run (RUN/checkpoint-NNNNNNN), or an HF Chameleon checkpoint.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
+    /// An HF checkpoint's tokenizer.json (default: beside its weights).
+    #[arg(long, requires = "checkpoint")]
+    tokenizer: Option<PathBuf>,
+    /// A VQ decoder in Meta's naming for an HF checkpoint (which has none); without it images are
+    /// written as codes (image-N.codes.json).
+    #[arg(long, requires = "checkpoint")]
+    decoder: Option<PathBuf>,
     /// The prompt; each `<image>` marker takes the next --image file.
     #[arg(long)]
     prompt: String,
@@ -83,7 +90,7 @@ pub struct GenerateArgs {
 
 /// `<s>` + the prompt's text pieces, with each `<image>` replaced by its image block.
 fn prompt_tokens(args: &GenerateArgs, loaded: &Loaded, device: &Device) -> Result<Vec<u32>> {
-    let layout = loaded.tokenizer.layout();
+    let layout = loaded.text.layout();
     let special = layout.special();
     let parts: Vec<&str> = args.prompt.split("<image>").collect();
     if parts.len() - 1 != args.images.len() {
@@ -93,15 +100,15 @@ fn prompt_tokens(args: &GenerateArgs, loaded: &Loaded, device: &Device) -> Resul
             args.images.len()
         );
     }
-    let side = loaded.vq.config.resolution;
     let mut tokens = vec![special.bos];
     for (i, text) in parts.iter().enumerate() {
-        loaded.tokenizer.encode_into(text, &mut tokens)?;
+        loaded.text.encode_into(text, &mut tokens)?;
         if let Some(path) = args.images.get(i) {
+            let vq = loaded.vq.as_ref().context("this checkpoint has no image tokenizer for the prompt's images")?;
+            let side = vq.config.resolution;
             let pixels = load_image(path, side)?;
             let x = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, side, side]), device);
-            let codes: Vec<i64> =
-                loaded.vq.encode(x).into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default();
+            let codes: Vec<i64> = vq.encode(x).into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default();
             tokens.push(special.begin_image);
             for c in codes {
                 tokens.push(
@@ -118,7 +125,13 @@ fn prompt_tokens(args: &GenerateArgs, loaded: &Loaded, device: &Device) -> Resul
 
 /// Runs `cargo xtask generate`.
 pub fn run(args: &GenerateArgs, device: &Device) -> Result<()> {
-    let loaded = load_run(args.run.as_deref(), args.checkpoint.as_deref(), &args.cache, device)?;
+    let loaded = match (&args.run, &args.checkpoint) {
+        (Some(run), _) => load_run(run, &args.cache, device)?,
+        (None, Some(dir)) => {
+            load_checkpoint(dir, args.tokenizer.as_deref(), args.decoder.as_deref(), &args.cache, device)?
+        }
+        (None, None) => bail!("give --run RUN or --checkpoint DIR"),
+    };
     let prompt = prompt_tokens(args, &loaded, device)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
     let sampling = Sampling {
@@ -128,7 +141,11 @@ pub fn run(args: &GenerateArgs, device: &Device) -> Result<()> {
         repetition_penalty: args.repetition_penalty,
         greedy: args.greedy,
     };
-    let codes_per_image = loaded.vq.config.codes_per_image();
+    let vq = loaded.vq.as_ref();
+    if vq.is_none() && !matches!(args.mode, ModeArg::Text) {
+        bail!("this checkpoint has no image tokenizer (no vq_config): only --mode text can run");
+    }
+    let codes_per_image = vq.map_or(0, |v| v.config.codes_per_image());
     let config = GenerateConfig {
         mode: match args.mode {
             ModeArg::Text => Mode::Text,
@@ -145,7 +162,7 @@ pub fn run(args: &GenerateArgs, device: &Device) -> Result<()> {
         seed: args.seed,
         use_cache: true,
     };
-    let layout = loaded.tokenizer.layout().clone();
+    let layout = loaded.text.layout().clone();
     let (mut text_run, mut printed, mut images, mut transcript) = (Vec::new(), 0usize, 0usize, String::new());
     let mut failure: Option<anyhow::Error> = None;
     let mut stdout = std::io::stdout();
@@ -155,7 +172,7 @@ pub fn run(args: &GenerateArgs, device: &Device) -> Result<()> {
                 Event::Text { token, .. } if layout.modality(token) == Some(Modality::Text) => {
                     // Decode the whole text run so pieces that join (bytes, spaces) print right.
                     text_run.push(token);
-                    let text = loaded.tokenizer.decode(&text_run)?;
+                    let text = loaded.text.decode(&text_run)?;
                     if let Some(new) = text.get(printed..) {
                         print!("{new}");
                         transcript.push_str(new);
@@ -173,15 +190,19 @@ pub fn run(args: &GenerateArgs, device: &Device) -> Result<()> {
                         // The codes not yet drawn are shown as code 0.
                         let mut padded = codes.clone();
                         padded.resize(codes_per_image, 0);
-                        let path = args.out.join(format!("image-{images}.partial-{:04}.png", codes.len()));
-                        write_image(&loaded.vq, &padded, &path, device)?;
+                        if let Some(vq) = vq {
+                            let base = args.out.join(format!("image-{images}.partial-{:04}", codes.len()));
+                            write_image(vq, &padded, &base, device)?;
+                        }
                     }
                 }
                 Event::ImageDone { codes, .. } => {
-                    let path = args.out.join(format!("image-{images}.png"));
-                    write_image(&loaded.vq, &codes, &path, device)?;
-                    println!("\n[image: {}]", path.display());
-                    transcript.push_str(&format!("\n<image: image-{images}.png>\n"));
+                    if let Some(vq) = vq {
+                        let path = write_image(vq, &codes, &args.out.join(format!("image-{images}")), device)?;
+                        println!("\n[image: {}]", path.display());
+                        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                        transcript.push_str(&format!("\n<image: {name}>\n"));
+                    }
                     (text_run, printed, images) = (Vec::new(), 0, images + 1);
                 }
             }

@@ -1,53 +1,110 @@
 //! A run of `cargo xtask train`, loaded for generation and evaluation.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use chameleon_data::hf_tokenizer::HfTokenizer;
 use chameleon_data::image::{postprocess, save_png};
 use chameleon_data::prepare::Prepared;
-use chameleon_data::tokenizer::TextTokenizer;
-use chameleon_model::Chameleon;
+use chameleon_data::tokenizer::{TextTokenizer, TokenizerError};
+use chameleon_model::checkpoint::{load_hf_checkpoint, load_vq_checkpoint};
 use chameleon_model::vq::VqVae;
+use chameleon_model::{Chameleon, VocabLayout};
 use chameleon_train::experiment::Experiment;
 use chameleon_train::trainer::{CONFIG_FILE, latest_checkpoint};
 
 use crate::data::{image_tokenizer, prepare_data};
 
-/// A trained run, ready to generate.
+/// The text tokenizer of a loaded model: a run's sentencepiece model, or an HF checkpoint's
+/// tokenizer.json.
+pub enum Text {
+    /// Ours.
+    Ours(TextTokenizer),
+    /// An HF checkpoint's.
+    Hf(Box<HfTokenizer>),
+}
+
+impl Text {
+    /// The unified vocabulary.
+    pub fn layout(&self) -> &VocabLayout {
+        match self {
+            Text::Ours(t) => t.layout(),
+            Text::Hf(t) => t.layout(),
+        }
+    }
+
+    /// Appends the ids of `text`.
+    pub fn encode_into(&self, text: &str, out: &mut Vec<u32>) -> Result<(), TokenizerError> {
+        match self {
+            Text::Ours(t) => t.encode_into(text, out),
+            Text::Hf(t) => t.encode_into(text, out),
+        }
+    }
+
+    /// The text of text-piece ids.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        match self {
+            Text::Ours(t) => t.decode(ids),
+            Text::Hf(t) => t.decode(ids),
+        }
+    }
+}
+
+/// A trained model, ready to generate.
 pub struct Loaded {
     /// The transformer.
     pub model: Chameleon,
     /// Its text tokenizer and vocabulary.
-    pub tokenizer: TextTokenizer,
-    /// Its image tokenizer.
-    pub vq: VqVae,
-    /// The run's experiment.
-    pub experiment: Experiment,
-    /// The run's prepared data.
-    pub prepared: Prepared,
+    pub text: Text,
+    /// Its image tokenizer (an HF checkpoint without `vq_config` has none).
+    pub vq: Option<VqVae>,
+    /// For runs of ours: the experiment and its prepared data.
+    pub run: Option<(Experiment, Prepared)>,
 }
 
-/// Loads a run of `cargo xtask train` (its newest checkpoint) or one checkpoint of a run, with
-/// its text and image tokenizers.
-pub fn load_run(run: Option<&Path>, checkpoint: Option<&Path>, cache: &Path, device: &Device) -> Result<Loaded> {
-    let (run, checkpoint) = match (run, checkpoint) {
-        (Some(run), _) => {
-            let ckpt = latest_checkpoint(run)
-                .with_context(|| format!("{}: no checkpoint in this run directory", run.display()))?;
-            (run.to_path_buf(), ckpt)
-        }
-        (None, Some(ckpt)) => (ckpt.parent().unwrap_or(Path::new(".")).to_path_buf(), ckpt.to_path_buf()),
-        (None, None) => bail!("give --run RUN or --checkpoint DIR"),
-    };
+/// Loads a run of `cargo xtask train` (its newest checkpoint).
+pub fn load_run(run: &Path, cache: &Path, device: &Device) -> Result<Loaded> {
+    let ckpt =
+        latest_checkpoint(run).with_context(|| format!("{}: no checkpoint in this run directory", run.display()))?;
+    load_ours(run, &ckpt, cache, device)
+}
+
+/// Loads a checkpoint directory: one of a run of ours (`RUN/checkpoint-NNNNNNN`, with
+/// `model.bpk`), or an HF Chameleon checkpoint (`config.json` + safetensors) with its
+/// `tokenizer.json` (default: beside the weights) and optionally a VQ decoder in Meta's naming.
+pub fn load_checkpoint(
+    dir: &Path,
+    tokenizer: Option<&Path>,
+    decoder: Option<&Path>,
+    cache: &Path,
+    device: &Device,
+) -> Result<Loaded> {
+    if dir.join("model.bpk").is_file() {
+        return load_ours(dir.parent().unwrap_or(Path::new(".")), dir, cache, device);
+    }
+    if !dir.join("config.json").is_file() {
+        bail!("{}: neither a checkpoint of ours (model.bpk) nor an HF checkpoint (config.json)", dir.display());
+    }
+    let hf = load_hf_checkpoint(dir, device)?;
+    let layout = hf
+        .vocab
+        .with_context(|| format!("{}: config.json has no vocabulary_map", dir.join("config.json").display()))?;
+    let tok_path = tokenizer.map_or_else(|| dir.join("tokenizer.json"), Path::to_path_buf);
+    if !tok_path.is_file() {
+        bail!("{}: no tokenizer.json; pass --tokenizer FILE (the checkpoint's HF tokenizer)", tok_path.display());
+    }
+    let text = Text::Hf(Box::new(HfTokenizer::load(&tok_path, layout)?));
+    let vq =
+        if hf.hf_config.get("vq_config").is_some() { Some(load_vq_checkpoint(dir, decoder, device)?) } else { None };
+    Ok(Loaded { model: hf.model, text, vq, run: None })
+}
+
+fn load_ours(run: &Path, checkpoint: &Path, cache: &Path, device: &Device) -> Result<Loaded> {
     let config = run.join(CONFIG_FILE);
     if !config.is_file() {
-        bail!(
-            "{}: no {CONFIG_FILE}; --run and --checkpoint take runs of `cargo xtask train` (HF-format checkpoints \
-             need their own BPE tokenizer, which generate does not read yet)",
-            run.display()
-        );
+        bail!("{}: no {CONFIG_FILE}; not a run of `cargo xtask train`", run.display());
     }
     let exp = Experiment::load(&config)?;
     let prepared = prepare_data(&exp.data, cache, false, device)?;
@@ -67,15 +124,27 @@ pub fn load_run(run: Option<&Path>, checkpoint: Option<&Path>, cache: &Path, dev
         .try_load_file(&weights)
         .map_err(|e| anyhow::anyhow!("{}: cannot load the model: {e:?}", weights.display()))?;
     let vq = image_tokenizer(&exp.data.images, device)?;
-    Ok(Loaded { model, tokenizer, vq, experiment: exp, prepared })
+    Ok(Loaded { model, text: Text::Ours(tokenizer), vq: Some(vq), run: Some((exp, prepared)) })
 }
 
-/// Decodes image codes and writes them as a PNG.
-pub fn write_image(vq: &VqVae, codes: &[u32], path: &Path, device: &Device) -> Result<()> {
+/// Writes an image's codes as `BASE.png`, decoded, or as `BASE.codes.json` when the image
+/// tokenizer has no decoder (HF checkpoints carry none). Returns the path written.
+pub fn write_image(vq: &VqVae, codes: &[u32], base: &Path, device: &Device) -> Result<PathBuf> {
     let side = vq.config.resolution;
     let ids: Vec<i64> = codes.iter().map(|&c| c as i64).collect();
     let t = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, codes.len()]), device);
-    let pixels = vq.decode(t).context("this image tokenizer has no decoder")?;
-    let values = pixels.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-    Ok(save_png(&postprocess(&values, side), path)?)
+    match vq.decode(t) {
+        Some(pixels) => {
+            let values = pixels.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+            let path = PathBuf::from(format!("{}.png", base.display()));
+            save_png(&postprocess(&values, side), &path)?;
+            Ok(path)
+        }
+        None => {
+            let path = PathBuf::from(format!("{}.codes.json", base.display()));
+            std::fs::write(&path, serde_json::to_string(codes)?)
+                .with_context(|| format!("{}: cannot write", path.display()))?;
+            Ok(path)
+        }
+    }
 }

@@ -180,3 +180,70 @@ fn commands_not_compiled_in_say_so() {
         assert!(stderr(&out).contains("--features cuda"), "{}", stderr(&out));
     }
 }
+
+/// A word-level `tokenizer.json` over the text pieces of an HF fixture's `vocabulary_map`
+/// (named `t<id>` there), as HF's `tokenizers` writes one.
+fn word_level_tokenizer(config: &Path, out: &Path) {
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    let mut vocab = serde_json::Map::new();
+    for (name, id) in config["vocabulary_map"].as_object().unwrap() {
+        if name.starts_with('t') || name == "<pad>" {
+            vocab.insert(name.clone(), id.clone());
+        }
+    }
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+        "pre_tokenizer": { "type": "Whitespace" }, "post_processor": null, "decoder": null,
+        "model": { "type": "WordLevel", "vocab": vocab, "unk_token": "<pad>" }
+    });
+    std::fs::write(out, json.to_string()).unwrap();
+}
+
+#[test]
+fn generate_runs_on_an_hf_checkpoint_with_its_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = common::fixture("hf", "prenorm_mha");
+    let tokenizer = dir.path().join("tokenizer.json");
+    word_level_tokenizer(&checkpoint.join("config.json"), &tokenizer);
+    let run = |mode: &str, out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args = vec![
+            "generate",
+            "--checkpoint",
+            checkpoint.to_str().unwrap(),
+            "--tokenizer",
+            tokenizer.to_str().unwrap(),
+            "--mode",
+            mode,
+            "--out",
+        ];
+        let out_arg = out.to_str().unwrap().to_string();
+        args.push(&out_arg);
+        args.extend_from_slice(extra);
+        (xtask(&args), out)
+    };
+    let (out, text_dir) = run("text", "text", &["--prompt", "t10 t11 t12", "--max-new-tokens", "6", "--greedy"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let response = std::fs::read_to_string(text_dir.join("response.txt")).unwrap();
+    assert!(response.split_whitespace().all(|w| w.starts_with('t')), "{response:?}");
+    // HF checkpoints carry no VQ decoder, so an image comes out as its codes.
+    let (out, image_dir) = run("image", "image", &["--prompt", "t10 t11"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let codes: Vec<u32> =
+        serde_json::from_str(&std::fs::read_to_string(image_dir.join("image-0.codes.json")).unwrap()).unwrap();
+    assert_eq!(codes.len(), 16, "an 8 px image with one downsampling: 4 × 4 codes");
+    assert!(codes.iter().all(|&c| c < 32), "codebook of 32");
+    // A tokenizer that is not the checkpoint's, or none, is refused with the file named.
+    let (out, _) = run("text", "oov", &["--prompt", "t10 zebra"]);
+    assert!(!out.status.success() && stderr(&out).contains("not a text piece"), "{}", stderr(&out));
+    let out = xtask(&[
+        "generate",
+        "--checkpoint",
+        checkpoint.to_str().unwrap(),
+        "--prompt",
+        "t10",
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success() && stderr(&out).contains("tokenizer.json"), "{}", stderr(&out));
+}

@@ -13,6 +13,7 @@ use crate::tokenizer::TokenizerError;
 pub struct HfTokenizer {
     inner: tokenizers::Tokenizer,
     layout: VocabLayout,
+    path: std::path::PathBuf,
 }
 
 impl HfTokenizer {
@@ -27,7 +28,7 @@ impl HfTokenizer {
                 layout.vocab_size()
             )));
         }
-        Ok(Self { inner, layout })
+        Ok(Self { inner, layout, path: path.to_path_buf() })
     }
 
     /// The vocabulary layout.
@@ -41,12 +42,11 @@ impl HfTokenizer {
         if text.is_empty() {
             return Ok(());
         }
-        let enc = self.inner.encode(text, false).map_err(|e| TokenizerError::Encode(format!("cannot encode: {e}")))?;
+        let err = |reason: String| TokenizerError::File { path: self.path.clone(), reason };
+        let enc = self.inner.encode(text, false).map_err(|e| err(format!("cannot encode: {e}")))?;
         for &id in enc.get_ids() {
             if self.layout.modality(id) != Some(Modality::Text) {
-                return Err(TokenizerError::Encode(format!(
-                    "the tokenizer gave id {id}, not a text piece of the checkpoint"
-                )));
+                return Err(err(format!("encoding {text:?} gave id {id}, not a text piece of the checkpoint")));
             }
             out.push(id);
         }
@@ -55,7 +55,9 @@ impl HfTokenizer {
 
     /// The text of ids that are text pieces.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        self.inner.decode(ids, true).map_err(|e| TokenizerError::Encode(format!("cannot decode: {e}")))
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| TokenizerError::File { path: self.path.clone(), reason: format!("cannot decode: {e}") })
     }
 }
 
@@ -105,7 +107,7 @@ mod tests {
         assert_eq!(tok.decode(&ids).unwrap().split_whitespace().collect::<Vec<_>>(), w);
         // A word the vocabulary lacks maps to <pad>: not a text piece, refused.
         let e = tok.encode_into("nope", &mut Vec::new()).unwrap_err().to_string();
-        assert!(e.contains("not a text piece"), "{e}");
+        assert!(e.contains("not a text piece") && e.contains("tokenizer.json"), "{e}");
         // A tokenizer bigger than the checkpoint's vocabulary is someone else's.
         let mut big = all.clone();
         big.insert("extra".into(), layout.vocab_size() as u32 + 5);

@@ -17,6 +17,9 @@ use std::collections::HashMap;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use chameleon_model::{Chameleon, Modality, VocabLayout};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use serde::Serialize;
 
 use crate::generate::{GenerateConfig, Guidance, Mode, Sampling, generate};
@@ -84,9 +87,11 @@ pub struct EvalReport {
     pub caption_exact: f64,
     /// Some captions, for reading.
     pub caption_samples: Vec<CaptionSample>,
-    /// Share of images whose true caption ranks first.
+    /// Images ranked (those with at least one distractor).
+    pub choice_ranked: usize,
+    /// Share of ranked images whose true caption ranks first.
     pub choice_accuracy: f64,
-    /// `1 / (distractors + 1)`.
+    /// Accuracy of a random ranking: the mean of `1 / (distractors + 1)`.
     pub choice_chance: f64,
     /// Nats per code of the true image after its caption.
     pub image_nll_given_caption: f64,
@@ -276,24 +281,34 @@ pub fn evaluate(
     let exact = scored.iter().filter(|(r, h)| r == h).count() as f64 / scored.len().max(1) as f64;
 
     // Choice: the true caption against distractors, by mean log-probability per token.
-    let mut correct = 0usize;
+    // Distractors: a seeded shuffle of the other pairs with a different caption. Images with none
+    // are skipped, and chance is the mean of 1 / (distractors + 1) over the images ranked.
+    let (mut correct, mut ranked, mut chance) = (0usize, 0usize, 0.0f64);
     for (i, (p, prompt)) in pairs.iter().zip(&prompts).enumerate() {
         let score = |caption: &[u32]| {
             let mut c = caption.to_vec();
             c.push(special.eos);
             mean_log_prob(model, prompt, &c, device)
         };
-        let truth = score(&p.caption);
-        let others = (1..pairs.len()).map(|k| (i + k * 7 + config.seed as usize) % pairs.len());
+        let mut others: Vec<usize> = (0..pairs.len()).filter(|&j| pairs[j].caption != p.caption).collect();
+        let mut rng = StdRng::seed_from_u64(config.seed ^ (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        others.shuffle(&mut rng);
+        // One distractor per distinct caption.
         let mut wrong: Vec<usize> = Vec::new();
         for j in others {
             if wrong.len() == config.distractors {
                 break;
             }
-            if pairs[j].caption != p.caption && !wrong.contains(&j) {
+            if !wrong.iter().any(|&w| pairs[w].caption == pairs[j].caption) {
                 wrong.push(j);
             }
         }
+        if wrong.is_empty() {
+            continue;
+        }
+        let truth = score(&p.caption);
+        ranked += 1;
+        chance += 1.0 / (wrong.len() + 1) as f64;
         if wrong.iter().all(|&j| score(&pairs[j].caption) < truth) {
             correct += 1;
         }
@@ -310,7 +325,8 @@ pub fn evaluate(
         with -= mean_log_prob(model, &prefix, codes, device);
         without -= mean_log_prob(model, &[special.bos, special.begin_image], codes, device);
     }
-    let n = pairs.len().max(1) as f64;
+    // No pairs: NaN (written as null), never a perfect-looking 0.
+    let n = pairs.len() as f64;
 
     // Samples: one image per caption, with the official guidance.
     let take = config.samples.min(pairs.len());
@@ -346,8 +362,9 @@ pub fn evaluate(
             .take(12)
             .map(|(r, h)| CaptionSample { reference: r.clone(), generated: h.clone() })
             .collect(),
-        choice_accuracy: correct as f64 / n,
-        choice_chance: 1.0 / (config.distractors.min(pairs.len().saturating_sub(1)) + 1) as f64,
+        choice_ranked: ranked,
+        choice_accuracy: correct as f64 / ranked as f64,
+        choice_chance: chance / ranked as f64,
         image_nll_given_caption: with / n,
         image_nll_unconditioned: without / n,
         image_nll_uniform: (layout.codebook_size() as f64).ln(),

@@ -214,13 +214,17 @@ fn generate_group(
             generated: 0,
         })
         .collect();
-    // A prompt that already opened an image continues it.
+    // A prompt that already opened an image continues it, when the rest of the block fits.
     for (r, row) in rows.iter_mut().enumerate() {
         if config.mode != Mode::Text
             && matches!(row.phase, Phase::Text)
             && main.rows[r].last() == Some(&special.begin_image)
         {
-            row.phase = open_image(&main.rows[r], layout, config, model);
+            row.phase = if prompt_len + 1 + config.codes_per_image <= limit {
+                open_image(&main.rows[r], layout, config, model)
+            } else {
+                Phase::Finished
+            };
         }
     }
     while rows.iter().any(|r| !matches!(r.phase, Phase::Finished)) {
@@ -346,6 +350,10 @@ fn sample(logits: &[f32], allowed: &[u32], s: &Sampling, rng: &mut StdRng) -> u3
     let max = cands[0].1;
     let mut probs: Vec<f64> = cands.iter().map(|&(_, l)| ((l - max) / s.temperature).exp()).collect();
     let total: f64 = probs.iter().sum();
+    if !(total.is_finite() && total > 0.0) {
+        // Non-finite logits (an overflowing model): the most likely token, not an arbitrary one.
+        return best;
+    }
     probs.iter_mut().for_each(|p| *p /= total);
     if s.top_p < 1.0 {
         let mut acc = 0.0;

@@ -153,17 +153,19 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<PathBuf, ReportError>
     let sens = sensitivity(&runs, &variant_of);
     let _ = writeln!(
         md,
-        "Wortsman et al. (2023): the mean over the learning rates of `min(CE at the end, initial CE) − best CE`, \
-         where the best CE is the lowest of any run ({}). A diverged run counts as its initial CE. Lower is \
-         better; 0 means every learning rate reached the best loss.\n",
-        num(sens.best)
+        "Wortsman et al. (2023): the mean over a variant's learning rates of `min(CE at the end, initial CE) − \
+         best`, where best is the lowest such value over the same variant's sweep. A diverged run counts as its \
+         initial CE. Lower is better: 0 means every learning rate did as well as the best one.\n"
     );
-    let _ = writeln!(md, "| variant | learning rates | sensitivity |");
-    let _ = writeln!(md, "|---|---|---:|");
+    if sens.unfinished > 0 {
+        let _ = writeln!(md, "{} run(s) that have not ended are left out.\n", sens.unfinished);
+    }
+    let _ = writeln!(md, "| variant | learning rates | best CE | sensitivity |");
+    let _ = writeln!(md, "|---|---|---:|---:|");
     for v in &variants {
-        if let Some((lrs, s)) = sens.by_variant.get(v) {
+        if let Some((lrs, best, s)) = sens.by_variant.get(v) {
             let lrs: Vec<String> = lrs.iter().map(|l| format!("{l:e}")).collect();
-            let _ = writeln!(md, "| {v} | {} | {} |", lrs.join(", "), num(Some(*s)));
+            let _ = writeln!(md, "| {v} | {} | {} | {} |", lrs.join(", "), num(Some(*best)), num(Some(*s)));
         }
     }
     let path = out.join("report.md");
@@ -171,35 +173,51 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<PathBuf, ReportError>
     Ok(path)
 }
 
-/// Wortsman et al.'s LR sensitivity of each variant.
+/// Wortsman et al.'s LR sensitivity of each variant: `(learning rates, best CE, sensitivity)`.
 struct Sensitivity {
-    best: Option<f64>,
-    by_variant: BTreeMap<String, (Vec<f64>, f64)>,
+    by_variant: BTreeMap<String, (Vec<f64>, f64, f64)>,
+    /// Runs left out because they have not ended (queued, running, stopped, failed).
+    unfinished: usize,
 }
 
+/// `E_lr[min(CE(lr), CE_0) − CE*]` with `CE* = min_lr min(CE(lr), CE_0)` over the variant's own
+/// sweep. A diverged run counts as its initial CE; several seeds at one learning rate are
+/// averaged first.
 fn sensitivity(runs: &[&RunView], variant_of: &dyn Fn(&RunView) -> String) -> Sensitivity {
-    let finished = |r: &RunView| !matches!(r.state, RunState::Diverged(_) | RunState::Failed(_));
-    let best = runs.iter().filter(|r| finished(r)).filter_map(|r| r.final_ce()).reduce(f64::min);
-    let mut by_variant: BTreeMap<String, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
-    if let Some(best) = best {
-        for r in runs {
-            let initial = r.points.first().map(|p| p.ce).filter(|v| v.is_finite());
-            let Some(initial) = initial else { continue };
-            let end = if finished(r) { r.final_ce().unwrap_or(initial) } else { initial };
-            let entry = by_variant.entry(variant_of(r)).or_default();
-            entry.0.push(lr_of(r));
-            entry.1.push(end.min(initial) - best);
-        }
+    let mut unfinished = 0;
+    let mut by_lr: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    for r in runs {
+        let initial = r.points.first().map(|p| p.ce).filter(|v| v.is_finite());
+        let end = match (&r.state, initial) {
+            (RunState::Done, Some(i)) => r.final_ce().unwrap_or(i).min(i),
+            (RunState::Diverged(_), Some(i)) => i,
+            _ => {
+                unfinished += 1;
+                continue;
+            }
+        };
+        by_lr.entry(variant_of(r)).or_default().push((lr_of(r), end));
     }
-    let by_variant = by_variant
+    let by_variant = by_lr
         .into_iter()
-        .map(|(v, (mut lrs, gaps))| {
-            lrs.sort_by(f64::total_cmp);
-            let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
-            (v, (lrs, mean))
+        .map(|(v, mut runs)| {
+            runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            // Mean over seeds at each learning rate.
+            let mut lrs: Vec<f64> = runs.iter().map(|r| r.0).collect();
+            lrs.dedup();
+            let at: Vec<f64> = lrs
+                .iter()
+                .map(|&lr| {
+                    let here: Vec<f64> = runs.iter().filter(|r| r.0 == lr).map(|r| r.1).collect();
+                    here.iter().sum::<f64>() / here.len() as f64
+                })
+                .collect();
+            let best = at.iter().copied().fold(f64::INFINITY, f64::min);
+            let sens = at.iter().map(|x| x - best).sum::<f64>() / at.len() as f64;
+            (v, (lrs, best, sens))
         })
         .collect();
-    Sensitivity { best, by_variant }
+    Sensitivity { by_variant, unfinished }
 }
 
 fn num(v: Option<f64>) -> String {
@@ -391,17 +409,18 @@ mod tests {
         assert!(md.contains("QK-norm bounds the attention logits: **shown**"), "{md}");
         assert!(md.contains("diverged at step 20"), "{md}");
         // CE falls linearly from 8 to its end value; "CE at the end" averages steps 11–20, so it is
-        // 8 + (end − 8)·0.775. Best: qk at 3e-1, 6.0625. qk's gaps: 0.2325 (1e-2) and 0; noqk's:
-        // 0.3875 (1e-2) and, diverged, its initial CE 7.975 − 6.0625 = 1.9125.
+        // 8 + (end − 8)·0.775. qk: 6.295 (1e-2) and 6.0625 (3e-1), best 6.0625, gaps 0.2325 and 0.
+        // noqk: 6.45 (1e-2) and, diverged, its initial CE 7.975: best 6.45, gaps 0 and 1.525.
         let watch = Watch::open(dir.path()).unwrap();
         let runs: Vec<&RunView> = watch.runs.iter().collect();
         let sens = sensitivity(&runs, &|r: &RunView| variant(r.switch_values.as_ref().unwrap()));
         let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
-        assert!(close(sens.best.unwrap(), 6.0625), "{:?}", sens.best);
         let qk = &sens.by_variant["qk pre z0"];
         let noqk = &sens.by_variant["noqk pre z0"];
         assert_eq!(qk.0, [0.01, 0.3]);
-        assert!(close(qk.1, 0.11625) && close(noqk.1, 1.15), "qk {} noqk {}", qk.1, noqk.1);
+        assert!(close(qk.1, 6.0625) && close(noqk.1, 6.45), "best: qk {} noqk {}", qk.1, noqk.1);
+        assert!(close(qk.2, 0.11625) && close(noqk.2, 0.7625), "qk {} noqk {}", qk.2, noqk.2);
+        assert_eq!(sens.unfinished, 0);
         assert!(md.contains("## Learning-rate sensitivity"));
     }
 

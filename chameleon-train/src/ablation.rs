@@ -410,7 +410,12 @@ fn prior(run_dir: &Path, exp: &Experiment, prepared: &Prepared) -> Result<Prior,
     }
     let want =
         resolve(exp, prepared, run_dir)?.to_toml().map_err(|m| TrainError { path: config.clone(), message: m })?;
-    let have = std::fs::read_to_string(&config).unwrap_or_default();
+    let Ok(have) = std::fs::read_to_string(&config) else {
+        return Err(TrainError {
+            path: run_dir.to_path_buf(),
+            message: format!("holds metrics but no readable {CONFIG_FILE}; remove it or give another --runs-dir"),
+        });
+    };
     if have != want {
         return Err(TrainError {
             path: run_dir.to_path_buf(),

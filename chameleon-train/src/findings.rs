@@ -49,7 +49,9 @@ fn pairs(
     with: impl Fn(&Switches) -> Option<bool>,
     clear: impl Fn(&Switches) -> Switches,
 ) -> Vec<(&RunView, &RunView)> {
-    let started = |r: &&RunView| r.state != RunState::Queued && !r.points.is_empty();
+    // Only runs that ended (done or diverged) testify; a stopped or running run's numbers are not
+    // final.
+    let started = |r: &&RunView| matches!(r.state, RunState::Done | RunState::Diverged(_)) && !r.points.is_empty();
     let mut out = Vec::new();
     for a in runs.iter().filter(started) {
         for b in runs.iter().filter(started) {
@@ -160,7 +162,8 @@ pub fn findings(runs: &[RunView]) -> Vec<Finding> {
     };
     for (without, with) in together {
         let (a, b) = (without.final_ce(), with.final_ce());
-        let better = matches!((a, b), (Some(a), Some(b)) if b < a) || matches!(without.state, RunState::Diverged(_));
+        let diverged = |r: &RunView| matches!(r.state, RunState::Diverged(_));
+        let better = !diverged(with) && (diverged(without) || matches!((a, b), (Some(a), Some(b)) if b < a));
         together_finding.shown = Some(together_finding.shown.unwrap_or(false) || better);
         together_finding.evidence.push(versus("CE at the end", without, fmt(a), with, fmt(b)));
     }

@@ -38,7 +38,14 @@ pub fn run(file: Option<&Path>, runs_dir: Option<&Path>, no_tui: bool, cache: &P
         logging::to_stderr();
         eprintln!("logs of this grid: {}", log.display());
         let joined = shown.map_err(|e| anyhow!(e))?.ok_or_else(|| anyhow!("the training thread went missing"))?;
-        joined.map_err(|_| anyhow!("the training thread panicked; see {}", log.display()))??
+        joined.map_err(|payload| {
+            let what = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            anyhow!("the training thread panicked: {what} (grid {}; its log: {})", dir.display(), log.display())
+        })??
     } else {
         run_grid(&grid, &prepared, &dir, device, &stop, false)?
     };

@@ -104,10 +104,11 @@ pub fn run(args: &EvalArgs, device: &Device) -> Result<()> {
     println!("{:<44} {:>10.3}", "captioning BLEU-4 (greedy)", report.caption_bleu4);
     println!("{:<44} {:>10.3}", "captioning exact match", report.caption_exact);
     println!(
-        "{:<44} {:>10.3}  (chance {:.3})",
-        format!("caption choice accuracy (1 of {})", args.distractors + 1),
+        "{:<44} {:>10.3}  (chance {:.3}, {} images)",
+        format!("caption choice accuracy (1 of up to {})", args.distractors + 1),
         report.choice_accuracy,
-        report.choice_chance
+        report.choice_chance,
+        report.choice_ranked
     );
     println!("{:<44} {:>10.3}", "image nats/code given its caption", report.image_nll_given_caption);
     println!("{:<44} {:>10.3}", "image nats/code with no caption", report.image_nll_unconditioned);

@@ -53,9 +53,9 @@ pub struct GenerateArgs {
     /// Where images and the transcript go.
     #[arg(long, default_value = "generated")]
     out: PathBuf,
-    /// Tokens to generate at most.
-    #[arg(long, default_value_t = 256)]
-    max_new_tokens: usize,
+    /// Tokens to generate at most (default: 256, or one whole image in --mode image).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
     /// Sampling temperature (text and images).
     #[arg(long, default_value_t = 0.7)]
     temperature: f64,
@@ -134,6 +134,18 @@ pub fn run(args: &GenerateArgs, device: &Device) -> Result<()> {
     };
     let prompt = prompt_tokens(args, &loaded, device)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
+    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
+        bail!("--temperature {} must be 0 or more", args.temperature);
+    }
+    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
+        bail!("--top-p {} must lie in (0, 1]", args.top_p);
+    }
+    if !(args.repetition_penalty.is_finite() && args.repetition_penalty > 0.0) {
+        bail!("--repetition-penalty {} must be positive", args.repetition_penalty);
+    }
+    if !(args.cfg_image.is_finite() && args.cfg_text.is_finite()) {
+        bail!("--cfg-image and --cfg-text must be finite");
+    }
     let sampling = Sampling {
         temperature: args.temperature,
         top_p: args.top_p,
@@ -146,13 +158,32 @@ pub fn run(args: &GenerateArgs, device: &Device) -> Result<()> {
         bail!("this checkpoint has no image tokenizer (no vq_config): only --mode text can run");
     }
     let codes_per_image = vq.map_or(0, |v| v.config.codes_per_image());
+    let max_new_tokens = args.max_new_tokens.unwrap_or(match args.mode {
+        ModeArg::Image => codes_per_image + 2,
+        _ => 256,
+    });
+    let max_len = loaded.model.config.max_seq_len;
+    let limit = max_len.min(prompt.len() + max_new_tokens);
+    if prompt.len() >= limit {
+        bail!("the prompt is {} tokens; the model reads at most {max_len}: nothing can be generated", prompt.len());
+    }
+    if matches!(args.mode, ModeArg::Image) && prompt.len() + codes_per_image + 2 > limit {
+        bail!(
+            "an image takes {} tokens (begin, {codes_per_image} codes, end) but only {} fit after the {}-token prompt \
+             (--max-new-tokens {}, model max_seq_len {max_len}); raise --max-new-tokens",
+            codes_per_image + 2,
+            limit - prompt.len(),
+            prompt.len(),
+            max_new_tokens
+        );
+    }
     let config = GenerateConfig {
         mode: match args.mode {
             ModeArg::Text => Mode::Text,
             ModeArg::Image => Mode::Image,
             ModeArg::Interleaved => Mode::Interleaved,
         },
-        max_new_tokens: args.max_new_tokens,
+        max_new_tokens,
         max_seq_len: loaded.model.config.max_seq_len,
         codes_per_image,
         text: sampling,
@@ -163,20 +194,22 @@ pub fn run(args: &GenerateArgs, device: &Device) -> Result<()> {
         use_cache: true,
     };
     let layout = loaded.text.layout().clone();
-    let (mut text_run, mut printed, mut images, mut transcript) = (Vec::new(), 0usize, 0usize, String::new());
+    // The current text run's ids and what of it is printed. Each run is decoded whole, so pieces
+    // that join (byte pieces of one character, spaces) come out right; a character still missing
+    // bytes (U+FFFD at the end) is held back until it completes.
+    let (mut text_run, mut printed, mut images, mut transcript) = (Vec::new(), String::new(), 0usize, String::new());
     let mut failure: Option<anyhow::Error> = None;
     let mut stdout = std::io::stdout();
     generate(&loaded.model, &layout, &[prompt], &config, device, &mut |event| {
         let result = (|| -> Result<()> {
             match event {
                 Event::Text { token, .. } if layout.modality(token) == Some(Modality::Text) => {
-                    // Decode the whole text run so pieces that join (bytes, spaces) print right.
                     text_run.push(token);
                     let text = loaded.text.decode(&text_run)?;
-                    if let Some(new) = text.get(printed..) {
+                    let stable = text.trim_end_matches('\u{FFFD}');
+                    if let Some(new) = stable.strip_prefix(printed.as_str()) {
                         print!("{new}");
-                        transcript.push_str(new);
-                        printed = text.len();
+                        printed = stable.to_string();
                     }
                     stdout.flush()?;
                 }
@@ -197,13 +230,14 @@ pub fn run(args: &GenerateArgs, device: &Device) -> Result<()> {
                     }
                 }
                 Event::ImageDone { codes, .. } => {
+                    transcript.push_str(&loaded.text.decode(&text_run)?);
                     if let Some(vq) = vq {
                         let path = write_image(vq, &codes, &args.out.join(format!("image-{images}")), device)?;
                         println!("\n[image: {}]", path.display());
                         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                         transcript.push_str(&format!("\n<image: {name}>\n"));
                     }
-                    (text_run, printed, images) = (Vec::new(), 0, images + 1);
+                    (text_run, printed, images) = (Vec::new(), String::new(), images + 1);
                 }
             }
             Ok(())
@@ -212,10 +246,12 @@ pub fn run(args: &GenerateArgs, device: &Device) -> Result<()> {
             failure.get_or_insert(e);
         }
     });
-    println!();
     if let Some(e) = failure {
         return Err(e);
     }
+    let last = loaded.text.decode(&text_run)?;
+    println!("{}", last.strip_prefix(printed.as_str()).unwrap_or(""));
+    transcript.push_str(&last);
     let path = args.out.join("response.txt");
     std::fs::write(&path, &transcript).with_context(|| format!("{}: cannot write", path.display()))?;
     tracing::info!("{} image(s) and the transcript in {}", images, args.out.display());

@@ -224,6 +224,9 @@ fn the_grid_outlives_a_diverging_run_and_resumes_a_killed_one_exactly() {
     // The fixture holds out 1 in 10 of its 24 pairs; --max-pairs caps at 5.
     let n = report["pairs"].as_u64().unwrap();
     assert!((1..=5).contains(&n), "{n} pairs");
+    // Every caption differs, so each image is ranked against min(3, n − 1) distractors.
+    assert!(n >= 2, "the fixture holds out at least two pairs");
+    assert_eq!(report["choice_ranked"], n);
     assert_eq!(report["choice_chance"].as_f64().unwrap(), 1.0 / (3.min(n - 1) + 1) as f64);
     for key in ["nll", "perplexity"] {
         assert!(report["text"][key].as_f64().unwrap() > 0.0 && report["image"][key].as_f64().unwrap() > 0.0);

@@ -232,6 +232,18 @@ impl RunView {
         }
     }
 
+    /// Running, with its metrics or status written in the last ten minutes.
+    pub fn live(&self) -> bool {
+        let recent = |f: &str| {
+            std::fs::metadata(self.dir.join(f))
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() < 600)
+        };
+        self.state == RunState::Running && (recent(METRICS_FILE) || recent(STATUS_FILE))
+    }
+
     /// Steps done.
     pub fn step(&self) -> usize {
         self.points.last().map_or(0, |p| p.step)
@@ -345,9 +357,11 @@ impl Watch {
         }
     }
 
-    /// Whether any run is queued or running.
+    /// Whether training is going on: some run is `running` and wrote to its directory in the last
+    /// ten minutes (a run whose process was killed stays `running` on disk, but goes quiet).
+    /// Queued runs wait on a live one, so they do not count by themselves.
     pub fn active(&self) -> bool {
-        self.runs.iter().any(|r| matches!(r.state, RunState::Queued | RunState::Running))
+        self.runs.iter().any(RunView::live)
     }
 }
 
@@ -440,6 +454,19 @@ mod tests {
         watch.refresh();
         assert_eq!(watch.runs.len(), 3);
         assert!(watch.active());
+        // A run left `running` by a killed process goes quiet: after ten minutes it no longer
+        // counts as active.
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for file in [
+            dir.path().join("a").join(METRICS_FILE),
+            dir.path().join("b").join(METRICS_FILE),
+            dir.path().join("c").join(STATUS_FILE),
+        ] {
+            std::fs::File::options().write(true).open(file).unwrap().set_modified(hour_ago).unwrap();
+        }
+        watch.refresh();
+        assert_eq!(watch.runs[2].state, RunState::Running);
+        assert!(!watch.active());
         // A single run directory is a watch of one.
         let one = Watch::open(&dir.path().join("a")).unwrap();
         assert_eq!(one.runs.len(), 1);

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use chameleon_train::ablation::Switches;
 use chameleon_train::findings::findings;
+use chameleon_train::monitor::scale::{axis_label, bounds};
 use chameleon_train::monitor::{Metric, RunState, RunView, Watch};
 use plotters::prelude::*;
 
@@ -229,19 +230,6 @@ fn num(v: Option<f64>) -> String {
     }
 }
 
-/// Three significant digits, in e-notation outside [0.01, 10⁴).
-fn sig3(v: f64) -> String {
-    let a = v.abs();
-    if a == 0.0 {
-        "0".into()
-    } else if !(0.01..1e4).contains(&a) {
-        format!("{v:.1e}")
-    } else {
-        let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
-        format!("{v:.decimals$}")
-    }
-}
-
 fn capitalise(s: &str) -> String {
     let mut c = s.chars();
     c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
@@ -288,18 +276,7 @@ fn plot(
                     (i, v, pts)
                 })
                 .collect();
-            let (mut lo, mut hi, mut x_hi) = (f64::INFINITY, f64::NEG_INFINITY, 1.0f64);
-            for (_, _, pts) in &series {
-                for &(x, v) in pts {
-                    (lo, hi, x_hi) = (lo.min(v), hi.max(v), x_hi.max(x));
-                }
-            }
-            if !lo.is_finite() {
-                (lo, hi) = (0.0, 1.0);
-            } else if hi - lo < 1e-9 {
-                (lo, hi) = (lo - 0.5, hi + 0.5);
-            }
-            let pad = 0.05 * (hi - lo);
+            let (x_hi, [lo, hi]) = bounds(series.iter().flat_map(|(_, _, pts)| pts.iter()));
             let caption =
                 if lr.is_nan() { metric.title().to_string() } else { format!("{} — lr {lr:e}", metric.title()) };
             let mut chart = ChartBuilder::on(panel)
@@ -307,8 +284,8 @@ fn plot(
                 .margin(10)
                 .x_label_area_size(36)
                 .y_label_area_size(64)
-                .build_cartesian_2d(0.0..x_hi, (lo - pad)..(hi + pad))?;
-            let fmt_y = |v: &f64| sig3(if log { 10f64.powf(*v) } else { *v });
+                .build_cartesian_2d(0.0..x_hi, lo..hi)?;
+            let fmt_y = |v: &f64| axis_label(if log { 10f64.powf(*v) } else { *v });
             let fmt_x = |v: &f64| format!("{v:.0}");
             chart
                 .configure_mesh()

@@ -5,6 +5,7 @@
 //! that are still being written, and [`view`] for what it draws and the keys.
 
 pub mod runs;
+pub mod scale;
 pub mod view;
 
 use std::path::Path;

@@ -12,6 +12,7 @@ use ratatui::widgets::{
 };
 
 use super::runs::{Metric, RunState, Watch};
+use super::scale::{axis_label, bounds};
 
 const PALETTE: [Color; 8] = [
     Color::Cyan,
@@ -156,23 +157,10 @@ impl App {
             })
             .filter(|(_, pts): &(usize, Vec<(f64, f64)>)| !pts.is_empty())
             .collect();
-        let all = series.iter().flat_map(|(_, s)| s.iter());
-        let (mut lo, mut hi, mut x_hi) = (f64::INFINITY, f64::NEG_INFINITY, 1.0f64);
-        for &(x, v) in all {
-            lo = lo.min(v);
-            hi = hi.max(v);
-            x_hi = x_hi.max(x);
-        }
+        let (mut x_hi, [lo, hi]) = bounds(series.iter().flat_map(|(_, s)| s.iter()));
         for r in &self.watch.runs {
             x_hi = x_hi.max(r.total_steps.unwrap_or(0) as f64);
         }
-        if !lo.is_finite() {
-            (lo, hi) = (0.0, 1.0);
-        } else if hi - lo < 1e-9 {
-            (lo, hi) = (lo - 0.5, hi + 0.5);
-        }
-        let pad = (hi - lo) * 0.05;
-        let (lo, hi) = (lo - pad, hi + pad);
         // The highlighted run is drawn last, on top, in bold.
         let mut order: Vec<&(usize, Vec<(f64, f64)>)> = series.iter().collect();
         order.sort_by_key(|(i, _)| *i == self.selected);
@@ -191,7 +179,7 @@ impl App {
                     .data(pts)
             })
             .collect();
-        let label = |v: f64| number(if self.log_scale { 10f64.powf(v) } else { v });
+        let label = |v: f64| axis_label(if self.log_scale { 10f64.powf(v) } else { v });
         let y_labels = [lo, (lo + hi) / 2.0, hi].map(|v| Span::raw(label(v)));
         let x_labels = [0.0, x_hi / 2.0, x_hi].map(|v| Span::raw(format!("{v:.0}")));
         let scale = if self.log_scale { " (log scale)" } else { "" };
@@ -214,19 +202,6 @@ impl App {
         let first = self.message.clone().or(detail).unwrap_or_default();
         let text = vec![Line::from(first.yellow()), Line::from(keys.dim())];
         frame.render_widget(Paragraph::new(text), area);
-    }
-}
-
-/// An axis label: 3 significant digits, in e-notation outside [0.01, 10⁴).
-fn number(v: f64) -> String {
-    let a = v.abs();
-    if a == 0.0 {
-        "0".into()
-    } else if !(0.01..1e4).contains(&a) {
-        format!("{v:.2e}")
-    } else {
-        let decimals = (2 - a.log10().floor() as i32).max(0) as usize;
-        format!("{v:.decimals$}")
     }
 }
 
@@ -345,13 +320,8 @@ mod tests {
     }
 
     #[test]
-    fn durations_and_axis_numbers_read_well() {
+    fn durations_read_well() {
         assert_eq!(duration(95.0), "1m35s");
         assert_eq!(duration(3725.0), "1h02m");
-        assert_eq!(number(49.79), "49.8");
-        assert_eq!(number(0.1937), "0.194");
-        assert_eq!(number(3.0), "3.00");
-        assert_eq!(number(123456.0), "1.23e5");
-        assert_eq!(number(-2.5e-4), "-2.50e-4");
     }
 }

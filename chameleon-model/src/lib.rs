@@ -21,10 +21,12 @@ mod layer;
 mod mlp;
 mod model;
 mod norm;
+mod precision;
 mod rope;
 pub mod vocab;
 pub mod vq;
 
 pub use config::{ChameleonConfig, NormPlacement};
 pub use model::{Chameleon, Diagnostics, KvCache, log_sum_exp};
+pub use precision::{Precision, cast_params};
 pub use vocab::{Modality, SpecialTokens, VocabLayout};

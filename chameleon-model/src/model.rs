@@ -2,7 +2,7 @@
 
 use burn::module::Module;
 use burn::nn::{DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, FloatDType, Int, Tensor};
 
 use crate::attention::{Attention, LayerKv};
 use crate::config::ChameleonConfig;
@@ -122,7 +122,7 @@ impl Chameleon {
         let diagnostics = Diagnostics {
             max_attn_logit: Tensor::cat(probe.max_attn_logit, 0),
             output_rms: Tensor::cat(probe.output_rms, 0),
-            log_z: log_sum_exp(logits.clone()),
+            log_z: log_sum_exp(logits.clone().cast(FloatDType::F32)),
         };
         (logits, diagnostics)
     }

@@ -1,7 +1,7 @@
 //! The two normalisations: RMSNorm on the residual stream, and the per-head LayerNorm of QK-norm.
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 
 /// RMSNorm: `weight * x / sqrt(mean(x²) + eps)`, statistics in f32 (as HF Chameleon).
 #[derive(Module, Debug)]
@@ -18,11 +18,14 @@ impl RmsNorm {
         Self { weight: Param::from_tensor(Tensor::ones([d_model], device)), eps }
     }
 
-    /// Normalises over the last dimension.
+    /// Normalises over the last dimension. Under bf16 compute the statistics and the product
+    /// are taken in f32 and the result cast back.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = x.dtype();
+        let x = x.cast(FloatDType::F32);
         let inv_rms = x.clone().square().mean_dim(D - 1).add_scalar(self.eps).sqrt().recip();
-        let weight = self.weight.val().unsqueeze::<D>();
-        x * inv_rms * weight
+        let weight = self.weight.val().cast(FloatDType::F32).unsqueeze::<D>();
+        (x * inv_rms * weight).cast(dtype)
     }
 }
 
@@ -50,9 +53,13 @@ impl HeadLayerNorm {
     }
 
     /// `x`: `[batch, seq, heads, head_dim]`.
+    /// Statistics in f32, as [`RmsNorm::forward`].
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let dtype = x.dtype();
+        let x = x.cast(FloatDType::F32);
         let (var, mean) = x.clone().var_mean_bias(3);
         let normed = (x - mean) / var.add_scalar(self.eps).sqrt();
-        normed * self.weight.val().unsqueeze::<4>() + self.bias.val().unsqueeze::<4>()
+        let wide = |p: &burn::module::Param<Tensor<2>>| p.val().cast(FloatDType::F32).unsqueeze::<4>();
+        (normed * wide(&self.weight) + wide(&self.bias)).cast(dtype)
     }
 }

@@ -31,6 +31,7 @@ impl RopeTable {
         let x1 = x.clone().narrow(3, 0, half);
         let x2 = x.clone().narrow(3, half, half);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        x * self.cos.clone().unsqueeze::<4>() + rotated * self.sin.clone().unsqueeze::<4>()
+        let dtype = x.dtype();
+        x * self.cos.clone().cast(dtype).unsqueeze::<4>() + rotated * self.sin.clone().cast(dtype).unsqueeze::<4>()
     }
 }

@@ -281,14 +281,15 @@ pub struct Outcome {
 /// Trains every run of `grid` into `dir/<name>`, one after another. A run that diverges or fails
 /// does not stop the others. Runs already `done` or `diverged` are skipped; `stopped` runs (and
 /// runs whose process died) resume from their newest checkpoint. When `stop` is raised the
-/// current run checkpoints and stops, and no further run starts.
+/// current run checkpoints and stops, and no further run starts. `options` gives every run its
+/// progress bar and MFU peak (its `resume` and `stop` are set here).
 pub fn run_grid(
     grid: &Grid,
     prepared: &Prepared,
     dir: &Path,
     device: &Device,
     stop: &Arc<AtomicBool>,
-    progress_bar: bool,
+    options: &RunOptions,
 ) -> Result<Vec<Outcome>, TrainError> {
     let io = |p: &Path, e: std::io::Error| TrainError { path: p.to_path_buf(), message: e.to_string() };
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -327,7 +328,7 @@ pub fn run_grid(
             run.switches.describe(),
             if resume { ": resuming" } else { "" }
         );
-        let options = RunOptions { resume, stop: Some(stop.clone()), progress_bar, ..RunOptions::default() };
+        let options = RunOptions { resume, stop: Some(stop.clone()), ..options.clone() };
         let status = match train(exp, prepared, &run_dir, device, &options) {
             Ok(s) => s,
             Err(e) => {

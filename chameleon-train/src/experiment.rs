@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use chameleon_data::DataConfig;
-use chameleon_model::ChameleonConfig;
+use chameleon_model::{ChameleonConfig, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::config_file::{ConfigError, only_sections, read_table, section};
@@ -32,6 +32,14 @@ pub struct TrainConfig {
     pub keep_checkpoints: usize,
     /// Seed of initialisation, dropout and sampling.
     pub seed: u64,
+    /// Steps between stability probes (max attention logit, block-output RMS: a few reductions
+    /// and reads back to the host per micro-batch); 1 probes every step. The first and last steps
+    /// of the schedule are always probed.
+    pub probe_every: usize,
+    /// Compute precision: `f32`, or `bf16`: the forward and backward in bf16 (activations and
+    /// the residual stream included) on f32 master weights and f32 AdamW state; norm statistics,
+    /// cross-entropy and `log Z` in f32.
+    pub precision: Precision,
 }
 
 impl Default for TrainConfig {
@@ -46,6 +54,8 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             keep_checkpoints: 2,
             seed: 0,
+            probe_every: 1,
+            precision: Precision::F32,
         }
     }
 }
@@ -104,6 +114,9 @@ impl Experiment {
                 "`train.batch_tokens` = {} must be a multiple of micro_batch × seq_len = {micro_tokens}",
                 t.batch_tokens
             ));
+        }
+        if t.probe_every == 0 {
+            return Err("`train.probe_every` must be at least 1".into());
         }
         if !(t.z_loss.is_finite() && t.z_loss >= 0.0) {
             return Err(format!("`train.z_loss` = {} must be non-negative", t.z_loss));

@@ -7,14 +7,17 @@
 //! Today: the VQ-VAE image tokenizer's training ([`vq_train`]); the language model's experiment
 //! files ([`experiment`]), optimizer recipe ([`optim`]: AdamW as in the paper, the global
 //! gradient-norm clip, the schedules) and training loop with exact resume ([`trainer`]); the
-//! ablation grid ([`ablation`]) and the live monitor ([`monitor`]).
+//! ablation grid ([`ablation`]) and the live monitor ([`monitor`]); FLOPs, device peaks and MFU
+//! ([`speed`]) and the benchmark workloads of `cargo xtask bench` ([`bench`]).
 
 pub mod ablation;
+pub mod bench;
 mod config_file;
 pub mod experiment;
 pub mod findings;
 pub mod monitor;
 pub mod optim;
+pub mod speed;
 pub mod trainer;
 pub mod vq_train;
 

@@ -17,14 +17,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use burn::module::Module;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, FloatDType, Int, Tensor, TensorData};
 use chameleon_data::loader::{Split, open_mixture};
 use chameleon_data::{Batch, Mixture, MixtureState, Modality, Prepared, VocabLayout};
-use chameleon_model::{Chameleon, ChameleonConfig};
+use chameleon_model::{Chameleon, ChameleonConfig, log_sum_exp};
 use serde::{Deserialize, Serialize};
 
 use crate::experiment::Experiment;
 use crate::optim::clip_global;
+use crate::speed::{Peak, flops_per_token};
 
 /// Files of a run directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -84,11 +85,13 @@ pub struct RunOptions {
     /// Draw an indicatif bar on a terminal; otherwise (and without a terminal) log a line every
     /// 5% of the run.
     pub progress_bar: bool,
+    /// The device's peak FLOP/s in the run's precision; each step's metrics then carry `mfu`.
+    pub peak: Option<Peak>,
 }
 
 /// Losses of one batch, before the backward pass.
-struct Losses {
-    total: Tensor<1>,
+pub(crate) struct Losses {
+    pub(crate) total: Tensor<1>,
     ce: Tensor<1>,
     z: Tensor<1>,
     ce_text: Option<f64>,
@@ -114,18 +117,31 @@ fn tensors(batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, V
     (inputs, targets, mask)
 }
 
-/// Masked cross-entropy and z-loss of one batch; also CE by target modality.
-fn losses(
+/// Masked cross-entropy and z-loss of one batch (in f32 whatever the compute precision); also
+/// CE by target modality.
+pub(crate) fn losses(
     model: &Chameleon,
     batch: &Batch,
     layout: &VocabLayout,
     z_coef: f64,
+    probe: bool,
     device: &Device,
-) -> (Losses, chameleon_model::Diagnostics) {
+) -> (Losses, Option<chameleon_model::Diagnostics>) {
     let (inputs, targets, mask) = tensors(batch, device);
     let [b, t] = inputs.dims();
-    let (logits, diag) = model.forward_diagnosed(inputs);
-    let nll = log_softmax(logits, 2).gather(2, targets.unsqueeze_dim::<3>(2)).squeeze_dim::<2>(2).neg();
+    // The probes take the explicit attention path and a few reductions; without them the model
+    // runs its plain forward (fused attention where the backend has it: at inference, since
+    // burn's autodiff decomposes attention anyway).
+    let (logits, log_z, diag) = if probe {
+        let (logits, diag) = model.forward_diagnosed(inputs);
+        (logits, diag.log_z.clone(), Some(diag))
+    } else {
+        let logits = model.forward(inputs);
+        let log_z = log_sum_exp(logits.clone().cast(FloatDType::F32));
+        (logits, log_z, None)
+    };
+    let nll =
+        log_softmax(logits.cast(FloatDType::F32), 2).gather(2, targets.unsqueeze_dim::<3>(2)).squeeze_dim::<2>(2).neg();
     let weights = |keep: &dyn Fn(usize) -> bool| -> Vec<f32> {
         mask.iter().enumerate().map(|(i, &m)| if keep(i) { m } else { 0.0 }).collect()
     };
@@ -142,7 +158,6 @@ fn losses(
     let scalar = |x: Option<Tensor<1>>| x.map(|x| x.detach().into_scalar::<f32>() as f64);
     let ce_text = scalar(masked_mean(weights(&is(Modality::Text)), nll.clone()));
     let ce_image = scalar(masked_mean(weights(&is(Modality::Image)), nll));
-    let log_z = diag.log_z.clone();
     let z = masked_mean(all, log_z.clone().square()).unwrap_or_else(zero).mul_scalar(z_coef);
     let log_z_mean = log_z.clone().detach().mean().into_scalar::<f32>() as f64;
     let log_z_max = log_z.detach().max().into_scalar::<f32>() as f64;
@@ -210,9 +225,10 @@ fn write_status(run: &Path, status: &Status) -> Result<(), TrainError> {
 /// Mean held-out cross-entropy over `batches` batches.
 fn evaluate(model: &Chameleon, mixture: &mut Mixture, exp: &Experiment, layout: &VocabLayout, device: &Device) -> f64 {
     let mut sum = 0.0;
+    let compute = exp.train.precision.compute_copy(model);
     for _ in 0..exp.train.eval_batches.max(1) {
         let batch = mixture.next_batch(0.0, exp.train.micro_batch);
-        let (l, _) = losses(model, &batch, layout, 0.0, device);
+        let (l, _) = losses(&compute, &batch, layout, 0.0, false, device);
         sum += l.ce.into_scalar::<f32>() as f64;
     }
     sum / exp.train.eval_batches.max(1) as f64
@@ -243,6 +259,9 @@ pub fn train(
 ) -> Result<Status, TrainError> {
     if !options.resume && run.join(METRICS_FILE).exists() {
         return Err(err(run, "already holds a run: continue it with --resume, or choose another run directory"));
+    }
+    if !exp.train.precision.supported_on(device) {
+        return Err(err(run, format!("train.precision = \"{}\" is not supported on this device", exp.train.precision)));
     }
     std::fs::create_dir_all(run).map_err(|e| err(run, e))?;
     let layout = prepared.tokenizer().map_err(|e| err(&prepared.dir, e))?.layout().clone();
@@ -313,6 +332,10 @@ pub fn train(
     );
     bar.set_position(step as u64);
     let report_every = (stop / 20).max(1);
+    let flops_per_step_token = flops_per_token(&config, exp.data.seq_len);
+    if let Some(peak) = &options.peak {
+        tracing::info!("MFU against {} ({:.3e} FLOP/s)", peak.source, peak.flops);
+    }
     let stop_requested = || options.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed));
     while step < stop {
         let started = std::time::Instant::now();
@@ -323,16 +346,24 @@ pub fn train(
         let (mut ce, mut z, mut ce_text, mut ce_image) = (0.0, 0.0, Vec::new(), Vec::new());
         let (mut lz_mean, mut lz_max) = (0.0, f64::NEG_INFINITY);
         let mut diags = Vec::new();
+        let probe_every = exp.train.probe_every.max(1);
+        // A function of the step alone (not of --max-steps), so a resumed run probes as an
+        // uninterrupted one does.
+        let probe = step % probe_every == 0 || step + 1 == total;
         for _ in 0..accum {
             let batch = mixture.next_batch(progress, exp.train.micro_batch);
-            let (l, diag) = losses(&model, &batch, &layout, exp.train.z_loss, &train_device);
+            // A fresh compute copy per micro-batch: each backward consumes its graph, casts included.
+            let compute = exp.train.precision.compute_copy(&model);
+            let (l, diag) = losses(&compute, &batch, &layout, exp.train.z_loss, probe, &train_device);
             ce += l.ce.clone().detach().into_scalar::<f32>() as f64 / accum as f64;
             z += l.z.clone().detach().into_scalar::<f32>() as f64 / accum as f64;
             ce_text.extend(l.ce_text);
             ce_image.extend(l.ce_image);
             lz_mean += l.log_z_mean / accum as f64;
             lz_max = lz_max.max(l.log_z_max);
-            diags.push((to_vec(diag.max_attn_logit), to_vec(diag.output_rms)));
+            if let Some(diag) = diag {
+                diags.push((to_vec(diag.max_attn_logit), to_vec(diag.output_rms)));
+            }
             let grads = GradientsParams::from_grads(l.total.div_scalar(accum as f64).backward(), &model);
             acc.accumulate(&model, grads);
         }
@@ -361,17 +392,24 @@ pub fn train(
         }
         loss_ema = Some(loss_ema.map_or(loss, |ema| 0.95 * ema + 0.05 * loss));
         let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-        let layers = diags[0].0.len();
-        let attn: Vec<f64> = (0..layers).map(|l| diags.iter().map(|d| d.0[l]).fold(f64::MIN, f64::max)).collect();
-        let rms: Vec<f64> =
-            (0..layers).map(|l| diags.iter().map(|d| d.1[l]).sum::<f64>() / diags.len() as f64).collect();
+        let tokens_per_s = (accum * exp.train.micro_batch * exp.data.seq_len) as f64 / started.elapsed().as_secs_f64();
         let mut row = serde_json::json!({
             "step": step, "tokens": tokens, "loss": loss, "ce": ce, "z_loss": z,
             "ce_text": mean(&ce_text), "ce_image": mean(&ce_image), "lr": lr, "grad_norm": grad_norm,
-            "tokens_per_s": (accum * exp.train.micro_batch * exp.data.seq_len) as f64 / started.elapsed().as_secs_f64(),
-            "max_attn_logit": attn.iter().copied().fold(f64::MIN, f64::max), "max_attn_logit_per_layer": attn,
-            "output_rms": rms, "log_z_mean": lz_mean, "log_z_max": lz_max, "loss_spike": spike,
+            "tokens_per_s": tokens_per_s, "log_z_mean": lz_mean, "log_z_max": lz_max, "loss_spike": spike,
         });
+        if let Some(first) = diags.first() {
+            let layers = first.0.len();
+            let attn: Vec<f64> = (0..layers).map(|l| diags.iter().map(|d| d.0[l]).fold(f64::MIN, f64::max)).collect();
+            let rms: Vec<f64> =
+                (0..layers).map(|l| diags.iter().map(|d| d.1[l]).sum::<f64>() / diags.len() as f64).collect();
+            row["max_attn_logit"] = attn.iter().copied().fold(f64::MIN, f64::max).into();
+            row["max_attn_logit_per_layer"] = attn.into();
+            row["output_rms"] = rms.into();
+        }
+        if let Some(peak) = &options.peak {
+            row["mfu"] = (tokens_per_s * flops_per_step_token / peak.flops).into();
+        }
         if let Some(h) = held_out.as_mut()
             && step % exp.train.eval_every == 0
         {

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, anyhow};
 use burn::tensor::Device;
 use chameleon_train::ablation::{Grid, run_grid, summary};
 use chameleon_train::monitor::{self, Owned, Watch};
+use chameleon_train::trainer::RunOptions;
 
 use crate::data::prepare_data;
 use crate::logging;
@@ -17,7 +18,14 @@ pub const DEFAULT_GRID: &str = "experiments/stability.toml";
 
 /// Runs the grid of `file` into `runs_dir` (default `runs/<file stem>`), with the live monitor on
 /// a terminal and plain progress lines otherwise, then prints the summary table.
-pub fn run(file: Option<&Path>, runs_dir: Option<&Path>, no_tui: bool, cache: &Path, device: &Device) -> Result<()> {
+pub fn run(
+    file: Option<&Path>,
+    runs_dir: Option<&Path>,
+    no_tui: bool,
+    cache: &Path,
+    device: &Device,
+    spec: &str,
+) -> Result<()> {
     let file = file.map_or_else(|| PathBuf::from(DEFAULT_GRID), Path::to_path_buf);
     let grid = Grid::load(&file)?;
     let dir = runs_dir.map_or_else(
@@ -28,12 +36,14 @@ pub fn run(file: Option<&Path>, runs_dir: Option<&Path>, no_tui: bool, cache: &P
     // The switches never touch [data], so every run shares one prepared folder.
     let prepared = prepare_data(&grid.runs[0].experiment().data, cache, false, device)?;
     let stop = Arc::new(AtomicBool::new(false));
+    let precision = grid.runs[0].experiment().train.precision;
+    let options = RunOptions { peak: crate::device::peak(spec, precision, device), ..RunOptions::default() };
     let outcomes = if !no_tui && monitor::has_terminal() {
         std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
         let log = dir.join("ablate.log");
         logging::to_file(&log).with_context(|| format!("{}: cannot open the log", log.display()))?;
         let (grid, dir2, device, stop2) = (grid.clone(), dir.clone(), device.clone(), stop.clone());
-        let handle = std::thread::spawn(move || run_grid(&grid, &prepared, &dir2, &device, &stop2, false));
+        let handle = std::thread::spawn(move || run_grid(&grid, &prepared, &dir2, &device, &stop2, &options));
         let shown = monitor::run(&dir, Some(Owned { handle, stop }));
         logging::to_stderr();
         eprintln!("logs of this grid: {}", log.display());
@@ -47,7 +57,7 @@ pub fn run(file: Option<&Path>, runs_dir: Option<&Path>, no_tui: bool, cache: &P
             anyhow!("the training thread panicked: {what} (grid {}; its log: {})", dir.display(), log.display())
         })??
     } else {
-        run_grid(&grid, &prepared, &dir, device, &stop, false)?
+        run_grid(&grid, &prepared, &dir, device, &stop, &options)?
     };
     let table = summary(&dir).map_err(|e| anyhow!(e))?;
     let path = dir.join("summary.txt");

@@ -14,9 +14,11 @@ use tracing_subscriber::util::SubscriberInitExt;
 /// The open log file, when logs go to one.
 static FILE: Mutex<Option<File>> = Mutex::new(None);
 
-/// Installs the subscriber (`RUST_LOG` filters; `info` by default).
+/// Installs the subscriber (`RUST_LOG` filters; by default `info`, but warnings only from the
+/// CUDA kernel compiler, which logs every kernel's IR at `info`).
 pub fn init() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,pliron=warn,cubecl=warn,cubecl_llvm=warn".into());
     tracing_subscriber::registry()
         .with(filter)
         .with(tracing_subscriber::fmt::layer().with_ansi(std::io::stderr().is_terminal()).with_writer(Sink::Stderr))

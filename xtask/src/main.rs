@@ -1,8 +1,10 @@
 //! `cargo xtask <command>`: the one command line of chameleon-rs.
 
 mod ablate;
+mod bench;
 mod data;
 mod device;
+mod device_check;
 mod eval;
 mod export;
 mod generate;
@@ -95,6 +97,16 @@ enum Command {
         #[command(subcommand)]
         command: vq::VqCommand,
     },
+    /// Speed benchmarks P1-P5 (train step, decoding, VQ encoding, loader), optionally side by
+    /// side with PyTorch (--vs-torch PYTHON); a table, and JSON in --out.
+    Bench(bench::BenchArgs),
+    /// Check a device against the CPU: equal logits for equal weights, and training that lowers
+    /// the loss in f32 and bf16.
+    DeviceCheck {
+        /// Train steps per precision.
+        #[arg(long, default_value_t = 30)]
+        steps: usize,
+    },
     /// Raw logits of an HF-format checkpoint for token ids from a .npy file.
     Logits {
         /// Directory with config.json and model.safetensors (or a sharded index).
@@ -136,10 +148,17 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // Before the first tensor op: bench may set the thread count.
+    match &cli.command {
+        Command::Bench(args) => return bench::run(args, &cli.device),
+        Command::DeviceCheck { steps } => return device_check::run(&cli.device, *steps),
+        _ => {}
+    }
     let device = device::parse(&cli.device)?;
     match cli.command {
+        Command::Bench(_) | Command::DeviceCheck { .. } => unreachable!("handled above"),
         Command::Ablate { file, runs_dir, no_tui, cache } => {
-            ablate::run(file.as_deref(), runs_dir.as_deref(), no_tui, &cache, &device)
+            ablate::run(file.as_deref(), runs_dir.as_deref(), no_tui, &cache, &device, &cli.device)
         }
         Command::Monitor { dir } => ablate::monitor(&dir),
         Command::Report { runs_dir, out } => ablate::report(&runs_dir, out.as_deref()),
@@ -154,6 +173,7 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint_every,
             &cache,
             &device,
+            &cli.device,
         ),
         Command::Vq { command } => vq::run(command, &device),
         Command::Logits { checkpoint, input, output } => logits::run(&checkpoint, &input, &output, &device),

@@ -18,6 +18,7 @@ pub fn run(
     checkpoint_every: Option<usize>,
     cache: &Path,
     device: &Device,
+    spec: &str,
 ) -> Result<()> {
     let (config, run_dir): (PathBuf, PathBuf) = match (config, run_dir, resume) {
         (_, _, Some(run)) => (run.join(CONFIG_FILE), run.to_path_buf()),
@@ -35,6 +36,7 @@ pub fn run(
         checkpoint_every,
         resume: resume.is_some(),
         progress_bar: true,
+        peak: crate::device::peak(spec, exp.train.precision, device),
         ..RunOptions::default()
     };
     let status = train(&exp, &prepared, &run_dir, device, &options)?;

@@ -1,0 +1,114 @@
+//! Compute precision. Parameters (and so AdamW's moments) stay f32; under `bf16` each step
+//! runs on a bf16 copy made by a differentiable cast, so gradients flow back to the f32
+//! masters. Activations, the residual stream included, are then bf16 (PyTorch's autocast keeps
+//! the residual stream in f32); norm statistics, softmax cross-entropy and `log Z` are f32.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{DType, Device, FloatDType, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::model::Chameleon;
+
+/// The dtype of matmuls and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// bf16 compute on f32 master weights (mixed precision).
+    Bf16,
+}
+
+impl Precision {
+    /// The compute dtype.
+    pub fn dtype(self) -> FloatDType {
+        match self {
+            Self::F32 => FloatDType::F32,
+            Self::Bf16 => FloatDType::BF16,
+        }
+    }
+
+    /// Whether `device` can compute in this precision.
+    pub fn supported_on(self, device: &Device) -> bool {
+        device.supports_dtype(DType::from(self.dtype()))
+    }
+
+    /// The model to run a step with: the model itself for f32; for bf16 a copy whose parameters
+    /// are casts of the f32 ones (same ids, attached to the graph, so the gradients computed
+    /// through the copy land on the originals).
+    pub fn compute_copy(self, model: &Chameleon) -> Chameleon {
+        match self {
+            Self::F32 => model.clone(),
+            Self::Bf16 => cast_params(model.clone(), FloatDType::BF16),
+        }
+    }
+}
+
+/// The model with every parameter cast to `dtype` (differentiably; ids kept). Norm statistics,
+/// `log Z` and the losses stay f32 whatever the parameters' dtype.
+pub fn cast_params(model: Chameleon, dtype: FloatDType) -> Chameleon {
+    model.map(&mut CastParams(dtype))
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        })
+    }
+}
+
+struct CastParams(FloatDType);
+
+impl ModuleMapper for CastParams {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let dtype = self.0;
+        param.map(|t| t.cast(dtype))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::{ModuleVisitor, Param};
+    use burn::tensor::{Int, Tensor};
+
+    use super::*;
+    use crate::{ChameleonConfig, NormPlacement};
+
+    /// Collects every parameter's gradient dtype (or `None` when it has no gradient).
+    struct GradDtypes<'a>(&'a burn::tensor::Gradients, Vec<Option<DType>>);
+
+    impl ModuleVisitor for GradDtypes<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.1.push(param.grad(self.0).map(|g| g.dtype()));
+        }
+    }
+
+    #[test]
+    fn bf16_compute_tracks_f32_and_its_gradients_reach_the_f32_masters() {
+        let device = Device::flex().autodiff();
+        assert!(Precision::Bf16.supported_on(&device));
+        device.seed(3);
+        let config =
+            ChameleonConfig::new(64, 32, 2, 2).with_qk_norm(true).with_norm_placement(NormPlacement::Reordered);
+        let model = config.init(&device);
+        let tokens = Tensor::<2, Int>::from_ints([[1, 5, 9, 2, 7, 3]], &device);
+
+        let exact = model.forward(tokens.clone());
+        let copy = Precision::Bf16.compute_copy(&model);
+        assert_eq!(copy.lm_head.weight.val().dtype(), DType::BF16);
+        assert_eq!(model.lm_head.weight.val().dtype(), DType::F32, "the masters stay f32");
+        let mixed = copy.forward(tokens).cast(FloatDType::F32);
+        let diff = (mixed.clone() - exact.clone()).abs().max().into_scalar::<f32>();
+        let scale = exact.abs().max().into_scalar::<f32>();
+        assert!(diff < 0.05 * scale.max(1.0), "bf16 logits differ by {diff} (scale {scale})");
+
+        let grads = mixed.square().mean().backward();
+        let mut seen = GradDtypes(&grads, Vec::new());
+        model.visit(&mut seen);
+        assert!(!seen.1.is_empty());
+        assert!(seen.1.iter().all(|g| *g == Some(DType::F32)), "{:?}", seen.1);
+    }
+}

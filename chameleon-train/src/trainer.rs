@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::experiment::Experiment;
 use crate::optim::clip_global;
-use crate::speed::{Peak, flops_per_token};
+use crate::speed::{Peak, mfu};
 
 /// Files of a run directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -332,7 +332,6 @@ pub fn train(
     );
     bar.set_position(step as u64);
     let report_every = (stop / 20).max(1);
-    let flops_per_step_token = flops_per_token(&config, exp.data.seq_len);
     if let Some(peak) = &options.peak {
         tracing::info!("MFU against {} ({:.3e} FLOP/s)", peak.source, peak.flops);
     }
@@ -408,7 +407,7 @@ pub fn train(
             row["output_rms"] = rms.into();
         }
         if let Some(peak) = &options.peak {
-            row["mfu"] = (tokens_per_s * flops_per_step_token / peak.flops).into();
+            row["mfu"] = mfu(&config, exp.data.seq_len, tokens_per_s, peak).into();
         }
         if let Some(h) = held_out.as_mut()
             && step % exp.train.eval_every == 0

@@ -64,7 +64,8 @@ pub fn run(spec: &str, steps: usize) -> Result<()> {
         let tokens = |d: &Device| Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [2, 128]), d);
         let name = if fixes { "QK-norm + reordered norm" } else { "pre-norm" };
         let expected = read(model.forward(tokens(&cpu)))?;
-        let got = read(model.clone().to_device(&device).forward(tokens(&device)))?;
+        let on_device = model.clone().to_device(&device);
+        let got = read(on_device.forward(tokens(&device)))?;
         let diff = max_abs_diff(&expected, &got);
         let scale = expected.iter().fold(0.0f64, |a, x| a.max(x.abs()));
         let verdict = if diff <= F32_TARGET {
@@ -80,7 +81,7 @@ pub fn run(spec: &str, steps: usize) -> Result<()> {
         }
         // The explicit attention path (the one the stability probes take) instead of the fused
         // kernel: separates an attention kernel's error from the rest.
-        let (explicit, _) = model.clone().to_device(&device).forward_diagnosed(tokens(&device));
+        let (explicit, _) = on_device.forward_diagnosed(tokens(&device));
         let diff = max_abs_diff(&expected, &read(explicit)?);
         println!("logits f32 {spec} vs cpu ({name}), explicit attention: max |diff| {diff:.2e}");
         if device.supports_dtype(burn::tensor::DType::F64) {

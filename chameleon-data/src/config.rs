@@ -18,6 +18,8 @@ pub enum SourceKind {
     BuiltinCaptions,
     /// Built-in: Shakespeare passages with emoji after the words that name them.
     BuiltinInterleaved,
+    /// Built-in: the templated SFT conversations of one `category` ([`crate::sft_set`]).
+    BuiltinSft,
     /// Plain text files or JSONL `{"text": …}` (a file or a folder).
     Text,
     /// Caption JSONL `{"image": path, "caption": …}`.
@@ -28,12 +30,14 @@ pub enum SourceKind {
     Webdataset,
     /// A folder of HTML pages with `<img>` elements.
     Html,
+    /// SFT conversations JSONL `{"category": …, "messages": [{"role": …, "content": …}]}`.
+    Sft,
 }
 
 impl SourceKind {
     /// Whether the source is built in (needs no `path`).
     pub fn is_builtin(self) -> bool {
-        matches!(self, Self::BuiltinText | Self::BuiltinCaptions | Self::BuiltinInterleaved)
+        matches!(self, Self::BuiltinText | Self::BuiltinCaptions | Self::BuiltinInterleaved | Self::BuiltinSft)
     }
 }
 
@@ -56,6 +60,10 @@ pub struct SourceConfig {
     /// `interleaved`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modality_weights: Option<BTreeMap<ModalityClass, f64>>,
+    /// SFT sources: only the conversations of this category (`visual-chat`, …). Required for
+    /// `builtin-sft`; for `sft`, absent means every category in the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
 }
 
 fn default_min_image_side() -> u32 {
@@ -174,6 +182,24 @@ impl DataConfig {
                 (None, false) => return Err(format!("source `{}` (format {:?}) needs a `path`", s.name, s.format)),
                 (Some(_), true) => return Err(format!("source `{}` is built in and takes no `path`", s.name)),
                 _ => {}
+            }
+            match (s.format, &s.category) {
+                (SourceKind::BuiltinSft, None) => {
+                    return Err(format!(
+                        "source `{}` (builtin-sft) needs a `category`: one of {}",
+                        s.name,
+                        crate::sft_set::BUILTIN_CATEGORIES.join(", ")
+                    ));
+                }
+                (SourceKind::BuiltinSft, Some(c)) if !crate::sft_set::BUILTIN_CATEGORIES.contains(&c.as_str()) => {
+                    return Err(format!(
+                        "source `{}`: no built-in SFT category `{c}`; the built-in set has {}",
+                        s.name,
+                        crate::sft_set::BUILTIN_CATEGORIES.join(", ")
+                    ));
+                }
+                (SourceKind::BuiltinSft | SourceKind::Sft, _) | (_, None) => {}
+                (_, Some(_)) => return Err(format!("source `{}`: `category` is for SFT sources only", s.name)),
             }
             if let Some(w) = &s.modality_weights
                 && (w.values().any(|v| !(v.is_finite() && *v >= 0.0)) || w.values().sum::<f64>() <= 0.0)

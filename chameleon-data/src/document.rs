@@ -70,6 +70,9 @@ pub enum Segment {
     Text(String),
     /// An image, turned into one begin-image … codes … end-image block when tokenized.
     Image(ImageRef),
+    /// The `end-of-turn` token: in an SFT conversation it closes a turn, so it ends the prompt
+    /// and opens the answer.
+    EndOfTurn,
 }
 
 /// What kind of source a document came from; decides how it is ordered and weighted.
@@ -104,7 +107,7 @@ impl Document {
     pub fn images(&self) -> impl Iterator<Item = &ImageRef> {
         self.segments.iter().filter_map(|s| match s {
             Segment::Image(i) => Some(i),
-            Segment::Text(_) => None,
+            Segment::Text(_) | Segment::EndOfTurn => None,
         })
     }
 }

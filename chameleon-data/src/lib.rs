@@ -17,6 +17,7 @@ pub mod loader;
 pub mod mixture;
 pub mod pack;
 pub mod prepare;
+pub mod sft_set;
 pub mod shard;
 pub mod source;
 pub mod tokenizer;

@@ -213,6 +213,9 @@ pub struct Batch {
     /// Loss flags, same shape. The trainer predicts `tokens[t + 1]` from `tokens[..=t]`, so the
     /// flags of targets are `loss[1..]` of each row (a row's first token is never a target).
     pub loss: Vec<u8>,
+    /// The source of each row, an index into [`Mixture::sources`] (a row packs documents of one
+    /// stream, so of one source).
+    pub sources: Vec<usize>,
 }
 
 /// A mixture that cannot be built.
@@ -237,6 +240,9 @@ pub struct Mixture {
     /// Per stage, per stream: the probability of drawing it.
     probs: Vec<Vec<f64>>,
     state: MixtureState,
+    /// Source names in first-seen stream order, and each stream's index into them.
+    sources: Vec<String>,
+    source_of_stream: Vec<usize>,
     /// The current epoch's order and the framed current document, per stream.
     orders: Vec<Option<(u64, Vec<u32>)>>,
     current: Vec<Option<CurrentDoc>>,
@@ -291,9 +297,16 @@ impl Mixture {
         stages: Vec<Stage>,
         seed: u64,
     ) -> Result<Self, MixtureError> {
-        let mut sources: Vec<&str> = streams.iter().map(|s| s.source.as_str()).collect();
-        sources.dedup();
-        validate_stages(&stages, &sources)?;
+        let mut names: Vec<String> = Vec::new();
+        let mut source_of_stream = Vec::with_capacity(streams.len());
+        for s in &streams {
+            let i = names.iter().position(|n| *n == s.source).unwrap_or_else(|| {
+                names.push(s.source.clone());
+                names.len() - 1
+            });
+            source_of_stream.push(i);
+        }
+        validate_stages(&stages, &names.iter().map(String::as_str).collect::<Vec<_>>())?;
         let mut probs = Vec::new();
         for (i, stage) in stages.iter().enumerate() {
             let raw: Vec<f64> = streams
@@ -324,6 +337,8 @@ impl Mixture {
             stages,
             probs,
             state,
+            sources: names,
+            source_of_stream,
             orders: (0..n).map(|_| None).collect(),
             current: (0..n).map(|_| None).collect(),
         })
@@ -378,6 +393,16 @@ impl Mixture {
 
     /// The next packed row; `progress` is the fraction of training done, which picks the stage.
     pub fn next_row(&mut self, progress: f64) -> Row {
+        self.draw(progress).1
+    }
+
+    /// The sources, in the order of [`Batch::sources`]' indices.
+    pub fn sources(&self) -> &[String] {
+        &self.sources
+    }
+
+    /// The next row and the index of its source.
+    fn draw(&mut self, progress: f64) -> (usize, Row) {
         let stage = self.stage_at(progress);
         let u: f64 = rand::Rng::random(&mut self.row_rng(1, self.state.rows));
         let probs = &self.probs[stage];
@@ -392,7 +417,7 @@ impl Mixture {
         }
         self.state.rows += 1;
         self.state.realised[stage][pick] += 1;
-        self.fill_row(pick)
+        (self.source_of_stream[pick], self.fill_row(pick))
     }
 
     /// `batch_size` rows.
@@ -403,11 +428,13 @@ impl Mixture {
             row_len,
             tokens: Vec::with_capacity(batch_size * row_len),
             loss: Vec::with_capacity(batch_size * row_len),
+            sources: Vec::with_capacity(batch_size),
         };
         for _ in 0..batch_size {
-            let row = self.next_row(progress);
+            let (source, row) = self.draw(progress);
             batch.tokens.extend_from_slice(&row.tokens);
             batch.loss.extend_from_slice(&row.loss);
+            batch.sources.push(source);
         }
         batch
     }
@@ -680,5 +707,83 @@ mod tests {
         let (_, share, intended) = m.proportions()[0].streams["sft/image_generation"];
         assert!((intended - 0.75).abs() < 1e-12);
         assert!((share - 0.75).abs() < 0.03, "{share}");
+    }
+
+    /// SFT documents of one category: `prompt end-of-turn answer`, lengths varying with `i`, and
+    /// a marker token `tag` first so that a row's documents can be traced to their category.
+    fn sft_store(tag: u32, n: usize, special: &SpecialTokens) -> Arc<dyn DocumentStore> {
+        let docs: Vec<(DocKind, Vec<u32>)> = (0..n as u32)
+            .map(|i| {
+                let mut d = vec![tag];
+                d.extend((0..1 + i * 7 % 9).map(|k| 100 + k));
+                d.push(special.end_of_turn);
+                d.extend((0..1 + i * 5 % 11).map(|k| 150 + k));
+                (DocKind::Sft, d)
+            })
+            .collect();
+        Arc::new(docs)
+    }
+
+    #[test]
+    fn sft_category_weights_are_honoured_and_rows_name_their_category() {
+        let s = layout().special();
+        let names = ["visual-chat", "image-generation", "text", "safety"];
+        let streams: Vec<Stream> =
+            names.iter().enumerate().map(|(i, n)| Stream::whole(n, sft_store(10 + i as u32, 50, &s))).collect();
+        let weights = [("visual-chat", 1.0), ("image-generation", 2.0), ("text", 1.0), ("safety", 0.25)];
+        let stage = vec![Stage { start: 0.0, weights: weights.iter().map(|(n, w)| (n.to_string(), *w)).collect() }];
+        let mut m = Mixture::new(31, s, streams, stage, 9).unwrap();
+        assert_eq!(m.sources(), names.map(String::from));
+        for _ in 0..500 {
+            let batch = m.next_batch(0.0, 8);
+            // Every row's documents carry the tag of the source the batch names for it.
+            for (r, &source) in batch.sources.iter().enumerate() {
+                let row = &batch.tokens[r * 32..(r + 1) * 32];
+                let tags: Vec<u32> = row.windows(2).filter(|w| w[0] == s.bos).map(|w| w[1]).collect();
+                assert!(!tags.is_empty() && tags.iter().all(|&t| t == 10 + source as u32), "{row:?}");
+            }
+        }
+        let p = &m.proportions()[0];
+        let total: f64 = weights.iter().map(|(_, w)| w).sum();
+        for (name, w) in weights {
+            let (_, share, intended) = p.streams[name];
+            assert!((intended - w / total).abs() < 1e-12);
+            assert!((share - intended).abs() < 0.025, "{name}: drew {share}, intended {intended}");
+        }
+    }
+
+    #[test]
+    fn sft_rows_hold_whole_pairs_only() {
+        let s = layout().special();
+        let store = sft_store(10, 200, &s);
+        let mut originals: Vec<Vec<u32>> = (0..store.len())
+            .map(|i| {
+                let mut t = Vec::new();
+                store.tokens_into(i, &mut t);
+                t
+            })
+            .collect();
+        originals.sort();
+        let stage = vec![Stage { start: 0.0, weights: [("sft".to_string(), 1.0)].into() }];
+        let mut m = Mixture::new(40, s, vec![Stream::whole("sft", store)], stage, 2).unwrap();
+        let mut pairs = 0;
+        for _ in 0..300 {
+            let row = m.next_row(0.0);
+            assert_eq!(row.tokens[0], s.bos, "a row starts with a whole pair, not the rest of one");
+            let mut i = 0;
+            while i < row.tokens.len() && row.tokens[i] == s.bos {
+                let end = i + row.tokens[i..].iter().position(|&t| t == s.eos).expect("a pair cut at the row end");
+                let doc = row.tokens[i + 1..end].to_vec();
+                assert!(originals.binary_search(&doc).is_ok(), "not a whole pair: {doc:?}");
+                // Loss on the answer only: after the end-of-turn, up to and with the eos.
+                let eot = i + row.tokens[i..].iter().position(|&t| t == s.end_of_turn).unwrap();
+                assert!(row.loss[i..=eot].iter().all(|&l| l == 0));
+                assert!(row.loss[eot + 1..=end].iter().all(|&l| l == 1));
+                pairs += 1;
+                i = end + 1;
+            }
+            assert!(row.tokens[i..].iter().all(|&t| t == s.pad) && row.loss[i..].iter().all(|&l| l == 0));
+        }
+        assert!(pairs > 300, "rows should pack several pairs: {pairs}");
     }
 }

@@ -169,14 +169,20 @@ fn open_source(
             return Ok(Box::new(docs.into_iter().map(Ok)));
         }
         SourceKind::BuiltinCaptions => return Ok(Box::new(corpus::caption_documents().into_iter().map(Ok))),
+        SourceKind::BuiltinSft => {
+            let category = s.category.as_deref().unwrap_or_default();
+            let conversations = crate::sft_set::conversations(category, &shakespeare()?).map_err(other)?;
+            return Ok(Box::new(conversations.into_iter().map(|(c, group)| Ok((c.document(), group)))));
+        }
         SourceKind::Text => SourceFormat::Text,
         SourceKind::Caption => SourceFormat::Caption,
         SourceKind::Interleaved => SourceFormat::Interleaved,
         SourceKind::Webdataset => SourceFormat::WebDataset,
         SourceKind::Html => SourceFormat::Html,
+        SourceKind::Sft => SourceFormat::Sft,
     };
     let path = s.path.clone().unwrap_or_default();
-    let options = SourceOptions { min_image_side: s.min_image_side };
+    let options = SourceOptions { min_image_side: s.min_image_side, category: s.category.clone() };
     let docs = source::open(format, &path, &options).map_err(PrepareError::Bad)?;
     Ok(Box::new(docs.enumerate().map(|(i, d)| d.map(|d| (d, i)))))
 }
@@ -285,8 +291,19 @@ struct KeyedSettings<'a> {
     caption_generation_share: f64,
     held_out_every: usize,
     tokenizer: &'a crate::tokenizer::TokenizerConfig,
-    sources: Vec<(&'a str, SourceKind, Option<&'a Path>, u32)>,
+    sources: Vec<(&'a str, SourceKind, Option<&'a Path>, u32, Option<&'a str>)>,
     skip_bad: bool,
+}
+
+/// Hashes every built-in emoji (name and PNG), once per key.
+fn hash_emoji(h: &mut Sha256, done: &mut bool) {
+    if !*done {
+        for e in crate::emoji::all() {
+            h.update(e.name.as_bytes());
+            h.update(e.png);
+        }
+        *done = true;
+    }
 }
 
 /// The content hash that names a prepared folder: the settings that change the shards, the
@@ -308,7 +325,7 @@ fn cache_key(
         sources: config
             .sources
             .iter()
-            .map(|s| (s.name.as_str(), s.format, s.path.as_deref(), s.min_image_side))
+            .map(|s| (s.name.as_str(), s.format, s.path.as_deref(), s.min_image_side, s.category.as_deref()))
             .collect(),
         skip_bad,
     };
@@ -326,16 +343,27 @@ fn cache_key(
                         hash_path(&mut h, &f)?;
                     }
                 }
-                if s.format != SourceKind::BuiltinText && !emoji_hashed {
-                    for e in crate::emoji::all() {
-                        h.update(e.name.as_bytes());
-                        h.update(e.png);
-                    }
-                    emoji_hashed = true;
+                if s.format != SourceKind::BuiltinText {
+                    hash_emoji(&mut h, &mut emoji_hashed);
                 }
             }
+            // Templated: the conversations themselves (their text, image names and turns) are
+            // the key, so that a change of template is a new folder.
+            SourceKind::BuiltinSft => {
+                for (doc, group) in open_source(s, config.held_out_every, cache, texts)?.flatten() {
+                    h.update((group as u64).to_le_bytes());
+                    for seg in &doc.segments {
+                        match seg {
+                            Segment::Text(t) => h.update(t.as_bytes()),
+                            Segment::Image(i) => h.update(i.origin().as_bytes()),
+                            Segment::EndOfTurn => h.update(b"\0eot\0"),
+                        }
+                    }
+                }
+                hash_emoji(&mut h, &mut emoji_hashed);
+            }
             SourceKind::Text | SourceKind::Webdataset => hash_path(&mut h, s.path.as_deref().unwrap_or(Path::new("")))?,
-            SourceKind::Caption | SourceKind::Interleaved | SourceKind::Html => {
+            SourceKind::Caption | SourceKind::Interleaved | SourceKind::Html | SourceKind::Sft => {
                 hash_path(&mut h, s.path.as_deref().unwrap_or(Path::new("")))?;
                 for (doc, _) in open_source(s, config.held_out_every, cache, texts)?.flatten() {
                     for image in doc.images() {
@@ -496,6 +524,10 @@ fn tokenize(
                     BadRecord::new(doc.location.clone(), format!("image {} was not encoded", i.origin()))
                 })?;
                 out.extend_from_slice(block);
+                Ok(())
+            }
+            Segment::EndOfTurn => {
+                out.push(text.layout().special().end_of_turn);
                 Ok(())
             }
         }

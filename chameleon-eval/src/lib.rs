@@ -13,5 +13,6 @@
 pub mod evaluate;
 pub mod generate;
 pub mod report;
+pub mod sft_eval;
 
 pub use chameleon_model::KvCache;

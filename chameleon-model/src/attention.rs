@@ -43,12 +43,15 @@ pub struct Attention {
 impl Attention {
     /// `x`: `[batch, seq, d_model]`. With `cache`, `x` continues the cached positions. With
     /// `max_logit`, the largest pre-softmax logit (scaled, causal positions only) is pushed to it.
+    /// `blocked` (`[batch, 1, seq, keys]`, true: masked) takes away more than the causal mask:
+    /// keys of other packed documents.
     pub fn forward(
         &self,
         x: Tensor<3>,
         rope: &RopeTable,
         cache: Option<&mut LayerKv>,
         max_logit: Option<&mut Vec<Tensor<1>>>,
+        blocked: Option<&Tensor<4, Bool>>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
         let (h, kvh) = (self.n_heads, self.n_kv_heads);
@@ -84,13 +87,18 @@ impl Attention {
         let dropout_active = self.attn_dropout.prob > 0.0 && q.device().is_autodiff();
         let context = if max_logit.is_none() && !dropout_active {
             let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
-            attention(q, k, v, None, None, options)
+            let s = k.dims()[2];
+            attention(q, k, v, blocked.map(|m| m.clone().expand([b, h, t, s])), None, options)
         } else {
             let s = k.dims()[2];
             let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((hd as f64).powf(-0.5));
             // Query i sits at position s - t + i and sees keys 0..=s - t + i.
             let mask = Tensor::<2, Bool>::tril_mask([t, s], (s - t) as i64, &scores.device());
             let scores = scores.mask_fill(mask.unsqueeze::<4>().expand([b, h, t, s]), f32::NEG_INFINITY);
+            let scores = match blocked {
+                Some(m) => scores.mask_fill(m.clone().expand([b, h, t, s]), f32::NEG_INFINITY),
+                None => scores,
+            };
             if let Some(out) = max_logit {
                 out.push(scores.clone().detach().max());
             }

@@ -2,7 +2,7 @@
 
 use burn::module::Module;
 use burn::nn::Dropout;
-use burn::tensor::Tensor;
+use burn::tensor::{Bool, Tensor};
 
 use crate::attention::{Attention, LayerKv};
 use crate::config::NormPlacement;
@@ -43,6 +43,7 @@ impl DecoderLayer {
         rope: &RopeTable,
         cache: Option<&mut LayerKv>,
         probe: Option<&mut Probe>,
+        blocked: Option<&Tensor<4, Bool>>,
     ) -> Tensor<3> {
         let (max_logit, rms) = match probe {
             Some(p) => (Some(&mut p.max_attn_logit), Some(&mut p.output_rms)),
@@ -50,13 +51,15 @@ impl DecoderLayer {
         };
         let out = match self.norm_placement {
             NormPlacement::PreNorm => {
-                let a = self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, cache, max_logit);
+                let a =
+                    self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, cache, max_logit, blocked);
                 let h = x + self.resid_dropout.forward(a);
                 let f = self.mlp.forward(self.post_attention_layernorm.forward(h.clone()));
                 h + self.resid_dropout.forward(f)
             }
             NormPlacement::Reordered => {
-                let a = self.input_layernorm.forward(self.self_attn.forward(x.clone(), rope, cache, max_logit));
+                let a =
+                    self.input_layernorm.forward(self.self_attn.forward(x.clone(), rope, cache, max_logit, blocked));
                 let h = x + self.resid_dropout.forward(a);
                 let f = self.post_attention_layernorm.forward(self.mlp.forward(h.clone()));
                 h + self.resid_dropout.forward(f)

@@ -2,7 +2,7 @@
 
 use burn::module::Module;
 use burn::nn::{DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
-use burn::tensor::{Device, FloatDType, Int, Tensor};
+use burn::tensor::{Bool, Device, FloatDType, Int, Tensor};
 
 use crate::attention::{Attention, LayerKv};
 use crate::config::ChameleonConfig;
@@ -111,14 +111,42 @@ impl ChameleonConfig {
 impl Chameleon {
     /// Logits `[batch, seq, vocab]` for tokens `[batch, seq]`.
     pub fn forward(&self, tokens: Tensor<2, Int>) -> Tensor<3> {
-        self.run(tokens, None, None)
+        self.run(tokens, None, None, None)
     }
 
     /// Logits plus the stability probes. Costs one extra reduction per layer and the explicit
     /// (unfused) attention path.
     pub fn forward_diagnosed(&self, tokens: Tensor<2, Int>) -> (Tensor<3>, Diagnostics) {
+        self.diagnosed(tokens, None)
+    }
+
+    /// Logits of packed rows, and with `probe` the stability probes. With `documents`
+    /// (`[batch, seq]`, an id per token, equal within one packed document), a token attends
+    /// only to earlier tokens of its own document, so packed documents never see each other.
+    /// RoPE is relative, so a document's logits do not depend on where in the row it sits.
+    pub fn forward_packed(
+        &self,
+        tokens: Tensor<2, Int>,
+        documents: Option<Tensor<2, Int>>,
+        probe: bool,
+    ) -> (Tensor<3>, Option<Diagnostics>) {
+        let blocked = documents.map(|d| {
+            let [b, t] = d.dims();
+            let queries = d.clone().unsqueeze_dim::<3>(2).expand([b, t, t]);
+            let keys = d.unsqueeze_dim::<3>(1).expand([b, t, t]);
+            queries.not_equal(keys).unsqueeze_dim::<4>(1)
+        });
+        if probe {
+            let (logits, diagnostics) = self.diagnosed(tokens, blocked.as_ref());
+            (logits, Some(diagnostics))
+        } else {
+            (self.run(tokens, None, None, blocked.as_ref()), None)
+        }
+    }
+
+    fn diagnosed(&self, tokens: Tensor<2, Int>, blocked: Option<&Tensor<4, Bool>>) -> (Tensor<3>, Diagnostics) {
         let mut probe = Probe::default();
-        let logits = self.run(tokens, None, Some(&mut probe));
+        let logits = self.run(tokens, None, Some(&mut probe), blocked);
         let diagnostics = Diagnostics {
             max_attn_logit: Tensor::cat(probe.max_attn_logit, 0),
             output_rms: Tensor::cat(probe.output_rms, 0),
@@ -129,17 +157,23 @@ impl Chameleon {
 
     /// Logits for `tokens`, which continue the positions already in `cache`; the cache grows.
     pub fn forward_cached(&self, tokens: Tensor<2, Int>, cache: &mut KvCache) -> Tensor<3> {
-        self.run(tokens, Some(cache), None)
+        self.run(tokens, Some(cache), None, None)
     }
 
-    fn run(&self, tokens: Tensor<2, Int>, mut cache: Option<&mut KvCache>, mut probe: Option<&mut Probe>) -> Tensor<3> {
+    fn run(
+        &self,
+        tokens: Tensor<2, Int>,
+        mut cache: Option<&mut KvCache>,
+        mut probe: Option<&mut Probe>,
+        blocked: Option<&Tensor<4, Bool>>,
+    ) -> Tensor<3> {
         let [_, t] = tokens.dims();
         let start = cache.as_ref().map_or(0, |c| c.len());
         let rope = RopeTable::new(self.config.rope_theta, self.config.head_dim(), start, t, &tokens.device());
         let mut x = self.embed_tokens.forward(tokens);
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &rope, layer_cache, probe.as_deref_mut());
+            x = layer.forward(x, &rope, layer_cache, probe.as_deref_mut(), blocked);
         }
         self.lm_head.forward(self.norm.forward(x))
     }

@@ -41,6 +41,34 @@ fn a_future_token_never_changes_a_past_logit() {
 }
 
 #[test]
+fn packed_documents_never_see_each_other() {
+    let device = Device::flex();
+    for placement in [NormPlacement::PreNorm, NormPlacement::Reordered] {
+        let model = small(placement, true, &device);
+        let first = [1i64, 5, 9, 13, 17];
+        let second = [1i64, 40, 41, 42];
+        let row = |head: [i64; 5]| tokens(vec![[head.as_slice(), second.as_slice()].concat()], &device);
+        let documents = tokens(vec![vec![0, 0, 0, 0, 0, 1, 1, 1, 1]], &device);
+        let (packed, probes) = model.forward_packed(row(first), Some(documents.clone()), true);
+        assert!(probes.is_some());
+        // Another first document leaves the second one's logits as they were ...
+        let (other, _) = model.forward_packed(row([1, 60, 61, 62, 63]), Some(documents), false);
+        let moved = max_abs_diff(packed.clone().narrow(1, 5, 4), other.narrow(1, 5, 4));
+        assert!(moved < 1e-5, "{placement:?}: the second document moved by {moved}");
+        // ... equal to the second document alone at position 0 (RoPE is relative) ...
+        let alone = model.forward(tokens(vec![second.to_vec()], &device));
+        let diff = max_abs_diff(packed.clone().narrow(1, 5, 4), alone);
+        assert!(diff < 1e-4, "{placement:?}: packed and alone differ by {diff}");
+        // ... whereas without document ids the first document is seen.
+        let seen = max_abs_diff(
+            model.forward(row(first)).narrow(1, 5, 4),
+            model.forward(row([1, 60, 61, 62, 63])).narrow(1, 5, 4),
+        );
+        assert!(seen > 1e-3, "{placement:?}: plain causal attention should see the first document");
+    }
+}
+
+#[test]
 fn decoding_token_by_token_equals_one_full_forward() {
     let device = Device::flex();
     let hf = load_hf_checkpoint(&fixture("prenorm_gqa8to2_bf16"), &device).unwrap().model;

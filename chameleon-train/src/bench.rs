@@ -47,7 +47,7 @@ fn random_batch(vocab: usize, batch: usize, seq: usize, seed: u64) -> Batch {
     let mut rng = StdRng::seed_from_u64(seed);
     let row_len = seq + 1;
     let tokens = (0..batch * row_len).map(|_| rng.random_range(7..vocab as u32)).collect();
-    Batch { batch_size: batch, row_len, tokens, loss: vec![1; batch * row_len] }
+    Batch { batch_size: batch, row_len, tokens, loss: vec![1; batch * row_len], sources: vec![0; batch] }
 }
 
 /// P1: one optimizer step of the trainer on a fixed random batch.
@@ -81,7 +81,7 @@ impl TrainStep {
     pub fn run(&mut self) -> f64 {
         let model = self.model.take().expect("the model is put back after every step");
         let compute = self.precision.compute_copy(&model);
-        let (l, _) = losses(&compute, &self.batch, &self.layout, 1e-5, false, &self.device);
+        let (l, _) = losses(&compute, &self.batch, &self.layout, 1e-5, false, false, &self.device);
         let loss = l.total.clone().detach().into_scalar::<f32>() as f64;
         let grads = GradientsParams::from_grads(l.total.backward(), &model);
         let (grads, _) = clip_global(&model, grads, 1.0);

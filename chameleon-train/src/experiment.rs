@@ -40,6 +40,15 @@ pub struct TrainConfig {
     /// the residual stream included) on f32 master weights and f32 AdamW state; norm statistics,
     /// cross-entropy and `log Z` in f32.
     pub precision: Precision,
+    /// Packed documents attend only to themselves (a block-diagonal causal mask from the `bos`
+    /// that opens each): SFT packs several prompt/answer pairs per row, and a pair's answer must
+    /// not read the pairs before it. Pre-training leaves it off, as Chameleon does.
+    pub within_documents: bool,
+    /// Start from these weights instead of a fresh initialisation: a checkpoint directory of a
+    /// run of ours (`RUN/checkpoint-NNNNNNN`, its `model.bpk`). The optimizer starts fresh.
+    /// `cargo xtask sft --from RUN` sets it to the run's newest checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
 }
 
 impl Default for TrainConfig {
@@ -56,7 +65,40 @@ impl Default for TrainConfig {
             seed: 0,
             probe_every: 1,
             precision: Precision::F32,
+            within_documents: false,
+            init_from: None,
         }
+    }
+}
+
+/// The `[sft]` section of a fine-tuning experiment (`cargo xtask sft`): what it starts from.
+/// The `[model]` is the pre-trained run's, with this dropout; the data must use the run's text
+/// and image tokenizers, which `cargo xtask sft` sets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SftConfig {
+    /// The pre-trained run (its newest checkpoint), or one of its checkpoint directories.
+    pub from: std::path::PathBuf,
+    /// Attention and residual dropout during fine-tuning (the paper: 0.05).
+    pub dropout: f64,
+    /// Held-out conversations per category scored before and after fine-tuning.
+    pub eval_prompts: usize,
+}
+
+impl Default for SftConfig {
+    fn default() -> Self {
+        Self { from: "runs/stability/qk-swin-z1e-2-lr3e-1".into(), dropout: 0.05, eval_prompts: 100 }
+    }
+}
+
+impl SftConfig {
+    /// Reads the `[sft]` section of an experiment file (defaults when it has none).
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let table = read_table(path)?;
+        let sft: SftConfig = section(&table, "sft", &SftConfig::default(), &[], path)?;
+        if !(0.0..1.0).contains(&sft.dropout) {
+            return Err(ConfigError::new(path, format!("`sft.dropout` = {} must lie in [0, 1)", sft.dropout)));
+        }
+        Ok(sft)
     }
 }
 
@@ -77,16 +119,17 @@ pub struct Experiment {
 
 impl Experiment {
     /// Reads and validates an experiment file. An `[ablation]` section is allowed (and read by
-    /// [`crate::ablation::Grid::load`]); this is the grid's base experiment.
+    /// [`crate::ablation::Grid::load`]; this is the grid's base experiment), and so is `[sft]`
+    /// ([`SftConfig::load`]).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let table = read_table(path)?;
-        only_sections(&table, &["model", "data", "optim", "schedule", "train", "ablation"], path)?;
+        only_sections(&table, &["model", "data", "optim", "schedule", "train", "ablation", "sft"], path)?;
         let model_default = ChameleonConfig::new(0, 256, 4, 4);
         let model: ChameleonConfig = section(&table, "model", &model_default, &["n_kv_heads", "ffn_dim"], path)?;
         let data = DataConfig::load(path).map_err(|e| ConfigError::new(path, e.message))?;
         let optim: OptimConfig = section(&table, "optim", &OptimConfig::default(), &[], path)?;
         let schedule: Schedule = section(&table, "schedule", &Schedule::default(), &[], path)?;
-        let train: TrainConfig = section(&table, "train", &TrainConfig::default(), &[], path)?;
+        let train: TrainConfig = section(&table, "train", &TrainConfig::default(), &["init_from"], path)?;
         let exp = Self { model, data, optim, schedule, train };
         exp.validate().map_err(|m| ConfigError::new(path, m))?;
         Ok(exp)

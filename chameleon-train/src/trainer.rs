@@ -96,49 +96,58 @@ pub(crate) struct Losses {
     z: Tensor<1>,
     ce_text: Option<f64>,
     ce_image: Option<f64>,
+    /// Per row: (summed CE, targets with loss).
+    ce_rows: Vec<(f64, f64)>,
     log_z_mean: f64,
     log_z_max: f64,
 }
 
-fn tensors(batch: &Batch, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Vec<f32>) {
+/// Inputs, targets, loss mask and document ids (a new id at every `bos`) of a batch.
+fn tensors(batch: &Batch, bos: u32, device: &Device) -> (Tensor<2, Int>, Tensor<2, Int>, Vec<f32>, Tensor<2, Int>) {
     let (b, n) = (batch.batch_size, batch.row_len);
     let mut inputs = Vec::with_capacity(b * (n - 1));
     let mut targets = Vec::with_capacity(b * (n - 1));
     let mut mask = Vec::with_capacity(b * (n - 1));
+    let mut documents = Vec::with_capacity(b * (n - 1));
     for r in 0..b {
         let row = &batch.tokens[r * n..(r + 1) * n];
         let loss = &batch.loss[r * n..(r + 1) * n];
         inputs.extend(row[..n - 1].iter().map(|&t| t as i64));
         targets.extend(row[1..].iter().map(|&t| t as i64));
         mask.extend(loss[1..].iter().map(|&l| l as f32));
+        documents.extend(row[..n - 1].iter().scan(0i64, |doc, &t| {
+            *doc += (t == bos) as i64;
+            Some(*doc)
+        }));
     }
     let inputs = Tensor::<2, Int>::from_data(TensorData::new(inputs, [b, n - 1]), device);
     let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [b, n - 1]), device);
-    (inputs, targets, mask)
+    let documents = Tensor::<2, Int>::from_data(TensorData::new(documents, [b, n - 1]), device);
+    (inputs, targets, mask, documents)
 }
 
 /// Masked cross-entropy and z-loss of one batch (in f32 whatever the compute precision); also
-/// CE by target modality.
+/// CE by target modality and per row. With `within_documents`, packed documents do not attend
+/// to each other (see [`Chameleon::forward_packed`]). The loss stays attached to the graph
+/// even when no target carries loss, so that its gradient is then exactly zero.
 pub(crate) fn losses(
     model: &Chameleon,
     batch: &Batch,
     layout: &VocabLayout,
     z_coef: f64,
     probe: bool,
+    within_documents: bool,
     device: &Device,
 ) -> (Losses, Option<chameleon_model::Diagnostics>) {
-    let (inputs, targets, mask) = tensors(batch, device);
+    let (inputs, targets, mask, documents) = tensors(batch, layout.special().bos, device);
     let [b, t] = inputs.dims();
     // The probes take the explicit attention path and a few reductions; without them the model
     // runs its plain forward (fused attention where the backend has it: at inference, since
     // burn's autodiff decomposes attention anyway).
-    let (logits, log_z, diag) = if probe {
-        let (logits, diag) = model.forward_diagnosed(inputs);
-        (logits, diag.log_z.clone(), Some(diag))
-    } else {
-        let logits = model.forward(inputs);
-        let log_z = log_sum_exp(logits.clone().cast(FloatDType::F32));
-        (logits, log_z, None)
+    let (logits, diag) = model.forward_packed(inputs, within_documents.then_some(documents), probe);
+    let log_z = match &diag {
+        Some(d) => d.log_z.clone(),
+        None => log_sum_exp(logits.clone().cast(FloatDType::F32)),
     };
     let nll =
         log_softmax(logits.cast(FloatDType::F32), 2).gather(2, targets.unsqueeze_dim::<3>(2)).squeeze_dim::<2>(2).neg();
@@ -147,22 +156,35 @@ pub(crate) fn losses(
     };
     let row_len = batch.row_len;
     let target_of = |i: usize| batch.tokens[(i / t) * row_len + i % t + 1];
+    let weight_tensor = |w: Vec<f32>| Tensor::<2>::from_data(TensorData::new(w, [b, t]), device);
     let masked_mean = |w: Vec<f32>, x: Tensor<2>| -> Option<Tensor<1>> {
         let n: f32 = w.iter().sum();
-        (n > 0.0).then(|| (x * Tensor::<2>::from_data(TensorData::new(w, [b, t]), device)).sum().div_scalar(n))
+        (n > 0.0).then(|| (x * weight_tensor(w)).sum().div_scalar(n))
     };
     let all = weights(&|_| true);
-    let zero = || Tensor::<1>::zeros([1], device);
-    let ce = masked_mean(all.clone(), nll.clone()).unwrap_or_else(zero);
+    let targets_with_loss: f32 = all.iter().sum();
+    // Attached even with no target (a zero weight everywhere), so that backward sees zeros.
+    let attached_mean = |x: Tensor<2>| (x * weight_tensor(all.clone())).sum().div_scalar(targets_with_loss.max(1.0));
+    let ce = attached_mean(nll.clone());
     let is = |m: Modality| move |i: usize| layout.modality(target_of(i)) == Some(m);
     let scalar = |x: Option<Tensor<1>>| x.map(|x| x.detach().into_scalar::<f32>() as f64);
     let ce_text = scalar(masked_mean(weights(&is(Modality::Text)), nll.clone()));
-    let ce_image = scalar(masked_mean(weights(&is(Modality::Image)), nll));
-    let z = masked_mean(all, log_z.clone().square()).unwrap_or_else(zero).mul_scalar(z_coef);
+    let ce_image = scalar(masked_mean(weights(&is(Modality::Image)), nll.clone()));
+    let row_sums: Vec<f32> = (nll.detach() * weight_tensor(all.clone()))
+        .sum_dim(1)
+        .into_data_as::<f32>()
+        .try_to_vec::<f32>()
+        .unwrap_or_default();
+    let ce_rows = row_sums
+        .iter()
+        .enumerate()
+        .map(|(r, &sum)| (sum as f64, all[r * t..(r + 1) * t].iter().sum::<f32>() as f64))
+        .collect();
+    let z = attached_mean(log_z.clone().square()).mul_scalar(z_coef);
     let log_z_mean = log_z.clone().detach().mean().into_scalar::<f32>() as f64;
     let log_z_max = log_z.detach().max().into_scalar::<f32>() as f64;
     let total = ce.clone() + z.clone();
-    (Losses { total, ce, z, ce_text, ce_image, log_z_mean, log_z_max }, diag)
+    (Losses { total, ce, z, ce_text, ce_image, ce_rows, log_z_mean, log_z_max }, diag)
 }
 
 fn to_vec(x: Tensor<1>) -> Vec<f64> {
@@ -214,6 +236,15 @@ fn checkpoints(run: &Path) -> Vec<PathBuf> {
     dirs
 }
 
+/// The realised mixture: rows drawn per stream in each stage against the intended shares.
+pub const PROPORTIONS_FILE: &str = "proportions.json";
+
+fn write_proportions(run: &Path, mixture: &Mixture) -> Result<(), TrainError> {
+    let path = run.join(PROPORTIONS_FILE);
+    let json = serde_json::to_string_pretty(&mixture.proportions()).map_err(|e| err(&path, e))?;
+    std::fs::write(&path, json).map_err(|e| err(&path, e))
+}
+
 fn write_status(run: &Path, status: &Status) -> Result<(), TrainError> {
     let path = run.join(STATUS_FILE);
     let json = serde_json::to_string_pretty(status).map_err(|e| err(&path, e))?;
@@ -228,7 +259,7 @@ fn evaluate(model: &Chameleon, mixture: &mut Mixture, exp: &Experiment, layout: 
     let compute = exp.train.precision.compute_copy(model);
     for _ in 0..exp.train.eval_batches.max(1) {
         let batch = mixture.next_batch(0.0, exp.train.micro_batch);
-        let (l, _) = losses(&compute, &batch, layout, 0.0, false, device);
+        let (l, _) = losses(&compute, &batch, layout, 0.0, false, exp.train.within_documents, device);
         sum += l.ce.into_scalar::<f32>() as f64;
     }
     sum / exp.train.eval_batches.max(1) as f64
@@ -281,6 +312,16 @@ pub fn train(
     let mut model = config.init(&train_device);
     // Parameters initialise lazily; draw them now, before the per-step reseeding.
     let _ = model.clone().into_record();
+    if let Some(from) = exp.train.init_from.as_ref().filter(|_| !options.resume) {
+        let weights = from.join("model.bpk");
+        if !weights.is_file() {
+            return Err(err(&weights, "train.init_from: no model.bpk here (give a checkpoint directory of a run)"));
+        }
+        model = model
+            .try_load_file(&weights)
+            .map_err(|e| err(&weights, format!("train.init_from: cannot load into this [model]: {e:?}")))?;
+        tracing::info!("starting from the weights of {}", from.display());
+    }
     let mut optim = exp.optim.init();
     let (mut step, mut tokens, mut loss_ema) = (0usize, 0u64, None::<f64>);
     let mut metrics_file = std::fs::OpenOptions::new().create(true).append(true).open(run.join(METRICS_FILE));
@@ -343,6 +384,7 @@ pub fn train(
         let lr = exp.schedule.lr(exp.optim.learning_rate, step, total);
         let mut acc = GradientsAccumulator::<Chameleon>::new();
         let (mut ce, mut z, mut ce_text, mut ce_image) = (0.0, 0.0, Vec::new(), Vec::new());
+        let mut by_source = vec![(0.0f64, 0.0f64); mixture.sources().len()];
         let (mut lz_mean, mut lz_max) = (0.0, f64::NEG_INFINITY);
         let mut diags = Vec::new();
         let probe_every = exp.train.probe_every.max(1);
@@ -353,7 +395,12 @@ pub fn train(
             let batch = mixture.next_batch(progress, exp.train.micro_batch);
             // A fresh compute copy per micro-batch: each backward consumes its graph, casts included.
             let compute = exp.train.precision.compute_copy(&model);
-            let (l, diag) = losses(&compute, &batch, &layout, exp.train.z_loss, probe, &train_device);
+            let (l, diag) =
+                losses(&compute, &batch, &layout, exp.train.z_loss, probe, exp.train.within_documents, &train_device);
+            for (&source, &(sum, n)) in batch.sources.iter().zip(&l.ce_rows) {
+                let entry = &mut by_source[source];
+                (entry.0, entry.1) = (entry.0 + sum, entry.1 + n);
+            }
             ce += l.ce.clone().detach().into_scalar::<f32>() as f64 / accum as f64;
             z += l.z.clone().detach().into_scalar::<f32>() as f64 / accum as f64;
             ce_text.extend(l.ce_text);
@@ -397,6 +444,16 @@ pub fn train(
             "ce_text": mean(&ce_text), "ce_image": mean(&ce_image), "lr": lr, "grad_norm": grad_norm,
             "tokens_per_s": tokens_per_s, "log_z_mean": lz_mean, "log_z_max": lz_max, "loss_spike": spike,
         });
+        if by_source.len() > 1 {
+            let per: serde_json::Map<String, serde_json::Value> = mixture
+                .sources()
+                .iter()
+                .zip(&by_source)
+                .filter(|(_, (_, n))| *n > 0.0)
+                .map(|(name, (sum, n))| (name.clone(), (sum / n).into()))
+                .collect();
+            row["ce_by_source"] = per.into();
+        }
         if let Some(first) = diags.first() {
             let layers = first.0.len();
             let attn: Vec<f64> = (0..layers).map(|l| diags.iter().map(|d| d.0[l]).fold(f64::MIN, f64::max)).collect();
@@ -429,6 +486,7 @@ pub fn train(
             let dir = run.join(format!("checkpoint-{step:07}"));
             let state = TrainState { step, tokens, mixture: mixture.state().clone(), loss_ema };
             save_checkpoint(&dir, &model, &optim, &state)?;
+            write_proportions(run, &mixture)?;
             if !kept.contains(&dir) {
                 kept.push_back(dir);
             }
@@ -448,4 +506,87 @@ pub fn train(
     status.state = if step >= total { "done" } else { "stopped" }.into();
     write_status(run, &status)?;
     Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chameleon_data::DocKind;
+    use chameleon_data::pack::{Framed, PackSpec, Row};
+
+    fn setup() -> (Chameleon, VocabLayout, Device) {
+        let device = Device::flex().autodiff();
+        device.seed(11);
+        let layout = VocabLayout::contiguous(8, 100);
+        let model = ChameleonConfig::new(layout.vocab_size(), 32, 2, 2).with_init_std(0.2).init(&device);
+        (model, layout, device)
+    }
+
+    /// One row packing `docs` (SFT documents) in order, padded to `seq_len + 1`.
+    fn row(docs: &[Vec<u32>], seq_len: usize, layout: &VocabLayout) -> Batch {
+        let spec = PackSpec { seq_len, special: layout.special() };
+        let mut row = Row::with_capacity(&spec);
+        for d in docs {
+            let framed = Framed::new(DocKind::Sft, d, &spec.special);
+            row.tokens.extend(framed.tokens);
+            row.loss.extend(framed.loss);
+        }
+        row.pad(&spec);
+        Batch { batch_size: 1, row_len: seq_len + 1, tokens: row.tokens, loss: row.loss, sources: vec![0] }
+    }
+
+    /// The gradient of the output projection and of the token embedding, flattened.
+    fn gradient(model: &Chameleon, batch: &Batch, layout: &VocabLayout, within: bool, device: &Device) -> Vec<f32> {
+        let (l, _) = losses(model, batch, layout, 1e-4, false, within, device);
+        let grads = l.total.backward();
+        let mut out = Vec::new();
+        for g in [model.lm_head.weight.val().grad(&grads), model.embed_tokens.weight.val().grad(&grads)] {
+            out.extend(
+                g.expect("the loss is attached to the graph").into_data().convert::<f32>().to_vec::<f32>().unwrap(),
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn no_loss_flows_from_prompt_tokens() {
+        let (model, layout, device) = setup();
+        let eot = layout.special().end_of_turn;
+        // A prompt alone (no end-of-turn, so no answer): zero gradient everywhere, though attached.
+        let prompt_only = row(&[vec![20, 21, 22, 23, 24]], 15, &layout);
+        assert!(prompt_only.loss.iter().all(|&l| l == 0));
+        let g = gradient(&model, &prompt_only, &layout, true, &device);
+        assert!(g.iter().all(|&x| x == 0.0), "a prompt-only sequence produced a gradient");
+        // With an answer there is one.
+        let pair = row(&[vec![20, 21, eot, 30, 31]], 15, &layout);
+        assert!(gradient(&model, &pair, &layout, true, &device).iter().any(|&x| x != 0.0));
+    }
+
+    #[test]
+    fn packed_pairs_never_see_each_other_in_the_loss() {
+        let (model, layout, device) = setup();
+        let eot = layout.special().end_of_turn;
+        let answer_pair = vec![20, 21, eot, 30, 31];
+        // A prompt-only document first, then the pair; the first document has no loss.
+        let a = row(&[vec![40, 41, 42, 43], answer_pair.clone()], 15, &layout);
+        let b = row(&[vec![50, 51, 52, 53], answer_pair.clone()], 15, &layout);
+        let (ga, gb) = (gradient(&model, &a, &layout, true, &device), gradient(&model, &b, &layout, true, &device));
+        // Only the embedding rows of the first document's own tokens may differ (they carry no
+        // gradient at all); every other entry is the same.
+        let d = 32;
+        let lm = layout.vocab_size() * d;
+        let diff = ga.iter().zip(&gb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(diff < 1e-6, "the pair's gradient depends on the document before it: {diff}");
+        assert!(
+            ga[lm..]
+                .chunks(d)
+                .enumerate()
+                .filter(|(t, _)| (40..44).contains(t))
+                .all(|(_, r)| r.iter().all(|&x| x == 0.0))
+        );
+        // Without the document mask, the pair reads the document before it.
+        let (ga, gb) = (gradient(&model, &a, &layout, false, &device), gradient(&model, &b, &layout, false, &device));
+        let diff = ga.iter().zip(&gb).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(diff > 1e-6, "plain causal attention should let the pair see the first document");
+    }
 }

@@ -1,17 +1,15 @@
 //! `cargo xtask ablate [FILE]` and `cargo xtask monitor DIR`: the stability grid, live.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, anyhow};
 use burn::tensor::Device;
 use chameleon_train::ablation::{Grid, run_grid, summary};
-use chameleon_train::monitor::{self, Owned, Watch};
+use chameleon_train::monitor::{self, Watch};
 use chameleon_train::trainer::RunOptions;
 
 use crate::data::prepare_data;
-use crate::logging;
+use crate::live::monitored;
 
 /// The default grid.
 pub const DEFAULT_GRID: &str = "experiments/stability.toml";
@@ -35,30 +33,12 @@ pub fn run(
     println!("{}: {} runs into {}", file.display(), grid.runs.len(), dir.display());
     // The switches never touch [data], so every run shares one prepared folder.
     let prepared = prepare_data(&grid.runs[0].experiment().data, cache, false, device)?;
-    let stop = Arc::new(AtomicBool::new(false));
     let precision = grid.runs[0].experiment().train.precision;
     let options = RunOptions { peak: crate::device::peak(spec, precision, device), ..RunOptions::default() };
-    let outcomes = if !no_tui && monitor::has_terminal() {
-        std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-        let log = dir.join("ablate.log");
-        logging::to_file(&log).with_context(|| format!("{}: cannot open the log", log.display()))?;
-        let (grid, dir2, device, stop2) = (grid.clone(), dir.clone(), device.clone(), stop.clone());
-        let handle = std::thread::spawn(move || run_grid(&grid, &prepared, &dir2, &device, &stop2, &options));
-        let shown = monitor::run(&dir, Some(Owned { handle, stop }));
-        logging::to_stderr();
-        eprintln!("logs of this grid: {}", log.display());
-        let joined = shown.map_err(|e| anyhow!(e))?.ok_or_else(|| anyhow!("the training thread went missing"))?;
-        joined.map_err(|payload| {
-            let what = payload
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            anyhow!("the training thread panicked: {what} (grid {}; its log: {})", dir.display(), log.display())
-        })??
-    } else {
-        run_grid(&grid, &prepared, &dir, device, &stop, &options)?
-    };
+    let (grid2, dir2, device2) = (grid.clone(), dir.clone(), device.clone());
+    let outcomes = monitored(&dir, "ablate.log", !no_tui, move |stop| {
+        Ok(run_grid(&grid2, &prepared, &dir2, &device2, &stop, &options)?)
+    })?;
     let table = summary(&dir).map_err(|e| anyhow!(e))?;
     let path = dir.join("summary.txt");
     std::fs::write(&path, &table).with_context(|| format!("{}: cannot write", path.display()))?;

@@ -79,7 +79,7 @@ pub fn run(command: DataCommand, device: &Device) -> Result<()> {
             print_prepared(&prepared, &data)
         }
         DataCommand::Check { format, path, min_image_side } => {
-            let report = check(format, &path, &SourceOptions { min_image_side });
+            let report = check(format, &path, &SourceOptions { min_image_side, category: None });
             print!("{report}");
             if !report.bad.is_empty() {
                 bail!("{}: {} bad record(s)", path.display(), report.bad.len());

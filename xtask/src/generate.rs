@@ -6,13 +6,12 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::{Device, Tensor, TensorData};
-use chameleon_data::image::load_image;
+use burn::tensor::Device;
 use chameleon_eval::generate::{Event, GenerateConfig, Guidance, Mode, Sampling, generate};
 use chameleon_model::Modality;
 use clap::{Args, ValueEnum};
 
-use crate::trained::{Loaded, load_checkpoint, load_run, write_image};
+use crate::trained::{Loaded, image_block, load_checkpoint, load_run, write_image};
 
 /// What to generate.
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -104,20 +103,7 @@ fn prompt_tokens(args: &GenerateArgs, loaded: &Loaded, device: &Device) -> Resul
     for (i, text) in parts.iter().enumerate() {
         loaded.text.encode_into(text, &mut tokens)?;
         if let Some(path) = args.images.get(i) {
-            let vq = loaded.vq.as_ref().context("this checkpoint has no image tokenizer for the prompt's images")?;
-            let side = vq.config.resolution;
-            let pixels = load_image(path, side)?;
-            let x = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, side, side]), device);
-            let codes: Vec<i64> = vq.encode(x).into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default();
-            tokens.push(special.begin_image);
-            for c in codes {
-                tokens.push(
-                    layout
-                        .image_token(c as u32)
-                        .with_context(|| format!("{}: code {c} outside the vocabulary", path.display()))?,
-                );
-            }
-            tokens.push(special.end_image);
+            tokens.extend(image_block(loaded, path, device)?);
         }
     }
     Ok(tokens)

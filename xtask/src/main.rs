@@ -8,9 +8,12 @@ mod device_check;
 mod eval;
 mod export;
 mod generate;
+mod live;
 mod logging;
 mod logits;
 mod npy;
+mod respond;
+mod sft;
 mod train;
 mod trained;
 mod vq;
@@ -58,6 +61,13 @@ enum Command {
     /// Evaluate a trained run on its held-out data (perplexity by modality, captions, image
     /// likelihood); writes eval.json and a sheet of samples.
     Eval(eval::EvalArgs),
+    /// Supervised fine-tuning of a pre-trained run (default: experiments/sft.toml on the
+    /// built-in SFT set), live; then answer loss, answer choice and image likelihood per
+    /// category on held-out prompts, before and after.
+    Sft(sft::SftArgs),
+    /// Answer a prompt set (SFT-format JSONL) with one run, or two side by side: text and PNGs
+    /// per prompt, and one self-contained HTML page to choose A, B or tie per prompt.
+    Respond(respond::RespondArgs),
     /// Write the ablation report (report.md and PNG plots) of a grid's runs.
     Report {
         /// The grid directory (e.g. runs/stability).
@@ -164,6 +174,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Report { runs_dir, out } => ablate::report(&runs_dir, out.as_deref()),
         Command::Generate(args) => generate::run(&args, &device),
         Command::Eval(args) => eval::run(&args, &device),
+        Command::Sft(args) => sft::run(&args, &device, &cli.device),
+        Command::Respond(args) => respond::run(&args, &device),
         Command::Data { command } => data::run(command, &device),
         Command::Train { config, run_dir, resume, max_steps, checkpoint_every, cache } => train::run(
             config.as_deref(),

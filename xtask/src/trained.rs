@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use chameleon_data::hf_tokenizer::HfTokenizer;
-use chameleon_data::image::{postprocess, save_png};
+use chameleon_data::image::{load_image, postprocess, save_png};
 use chameleon_data::prepare::Prepared;
 use chameleon_data::tokenizer::{TextTokenizer, TokenizerError};
 use chameleon_model::checkpoint::{load_hf_checkpoint, load_vq_checkpoint};
@@ -125,6 +125,27 @@ fn load_ours(run: &Path, checkpoint: &Path, cache: &Path, device: &Device) -> Re
         .map_err(|e| anyhow::anyhow!("{}: cannot load the model: {e:?}", weights.display()))?;
     let vq = image_tokenizer(&exp.data.images, device)?;
     Ok(Loaded { model, text: Text::Ours(tokenizer), vq: Some(vq), run: Some((exp, prepared)) })
+}
+
+/// An image file as the model reads it: begin-image, its codes as token ids, end-image (encoded
+/// with the loaded model's own image tokenizer).
+pub fn image_block(loaded: &Loaded, path: &Path, device: &Device) -> Result<Vec<u32>> {
+    let vq = loaded.vq.as_ref().context("this checkpoint has no image tokenizer for the prompt's images")?;
+    let layout = loaded.text.layout();
+    let side = vq.config.resolution;
+    let pixels = load_image(path, side)?;
+    let x = Tensor::<4>::from_data(TensorData::new(pixels, [1, 3, side, side]), device);
+    let codes: Vec<i64> = vq.encode(x).into_data().convert::<i64>().try_to_vec::<i64>().unwrap_or_default();
+    let mut block = vec![layout.special().begin_image];
+    for c in codes {
+        block.push(
+            layout
+                .image_token(c as u32)
+                .with_context(|| format!("{}: code {c} outside the vocabulary", path.display()))?,
+        );
+    }
+    block.push(layout.special().end_image);
+    Ok(block)
 }
 
 /// Writes an image's codes as `BASE.png`, decoded, or as `BASE.codes.json` when the image

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use crate::document::{BadRecord, DocKind, Document, ImageRef, Location, Segment};
-use crate::source::{CaptionSource, HtmlSource, InterleavedSource, TextSource, WebDatasetSource};
+use crate::source::{CaptionSource, HtmlSource, InterleavedSource, SftSource, TextSource, WebDatasetSource};
 
 /// The side images are decoded to when checked: small, since only decoding errors matter.
 const CHECK_SIDE: usize = 8;
@@ -24,19 +24,23 @@ pub enum SourceFormat {
     WebDataset,
     /// A folder of HTML pages ([`HtmlSource`]).
     Html,
+    /// SFT conversations `{"category", "messages": [{"role", "content"}]}` JSONL ([`SftSource`]).
+    Sft,
 }
 
 impl SourceFormat {
     /// Every format, in the order of [`SourceFormat::name`]s in help texts.
-    pub const ALL: [SourceFormat; 5] = [
+    pub const ALL: [SourceFormat; 6] = [
         SourceFormat::Text,
         SourceFormat::Caption,
         SourceFormat::Interleaved,
         SourceFormat::WebDataset,
         SourceFormat::Html,
+        SourceFormat::Sft,
     ];
 
-    /// The name [`FromStr`] accepts: `text`, `caption`, `interleaved`, `webdataset` or `html`.
+    /// The name [`FromStr`] accepts: `text`, `caption`, `interleaved`, `webdataset`, `html` or
+    /// `sft`.
     pub fn name(self) -> &'static str {
         match self {
             SourceFormat::Text => "text",
@@ -44,6 +48,7 @@ impl SourceFormat {
             SourceFormat::Interleaved => "interleaved",
             SourceFormat::WebDataset => "webdataset",
             SourceFormat::Html => "html",
+            SourceFormat::Sft => "sft",
         }
     }
 }
@@ -54,9 +59,9 @@ impl fmt::Display for SourceFormat {
     }
 }
 
-/// A format name that is none of `text|caption|interleaved|webdataset|html`.
+/// A format name that is none of `text|caption|interleaved|webdataset|html|sft`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown source format `{0}`: expected one of text, caption, interleaved, webdataset, html")]
+#[error("unknown source format `{0}`: expected one of text, caption, interleaved, webdataset, html, sft")]
 pub struct UnknownSourceFormat(pub String);
 
 impl FromStr for SourceFormat {
@@ -72,15 +77,17 @@ impl FromStr for SourceFormat {
 }
 
 /// Settings the readers share.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceOptions {
     /// HTML images smaller than this on a side are icons and left out (default 32).
     pub min_image_side: u32,
+    /// SFT: read only the conversations of this category (default: all).
+    pub category: Option<String>,
 }
 
 impl Default for SourceOptions {
     fn default() -> Self {
-        Self { min_image_side: 32 }
+        Self { min_image_side: 32, category: None }
     }
 }
 
@@ -97,6 +104,7 @@ pub fn open(
         SourceFormat::Interleaved => Box::new(InterleavedSource::open(path)?),
         SourceFormat::WebDataset => Box::new(WebDatasetSource::open(path)?),
         SourceFormat::Html => Box::new(HtmlSource::open(path, options.min_image_side)?),
+        SourceFormat::Sft => Box::new(SftSource::open(path, options.category.as_deref())?),
     })
 }
 
@@ -111,7 +119,7 @@ pub struct CheckReport {
     pub caption_documents: usize,
     /// Of those, interleaved documents.
     pub interleaved_documents: usize,
-    /// Of those, SFT conversations (no reader here yields them yet).
+    /// Of those, SFT conversations.
     pub sft_documents: usize,
     /// Images in the usable documents.
     pub images: usize,
@@ -146,6 +154,7 @@ impl CheckReport {
             match segment {
                 Segment::Text(text) => self.text_bytes += text.len() as u64,
                 Segment::Image(_) => self.images += 1,
+                Segment::EndOfTurn => {}
             }
         }
     }
@@ -312,7 +321,7 @@ mod tests {
         assert_eq!((report.documents, report.interleaved_documents, report.images), (1, 1, 1));
         assert_eq!(report.dropped_icons, 1);
         assert!(report.to_string().contains("dropped icons: 1\n"));
-        let report = check(SourceFormat::Html, &dir.path().join("h"), &SourceOptions { min_image_side: 4 });
+        let report = check(SourceFormat::Html, &dir.path().join("h"), &SourceOptions { min_image_side: 4, category: None });
         assert_eq!((report.images, report.dropped_icons), (2, 0));
     }
 

@@ -110,26 +110,27 @@ pub(crate) fn existing_image(jsonl: &Path, image: &str, what: &str, location: &L
     }
 }
 
-/// Turns one line into a document: `(jsonl file, line, location)`.
-pub(crate) type ParseLine = fn(&Path, &str, Location) -> Result<Document, BadRecord>;
+/// Turns one line into a record (a document, or a document with more): `(jsonl file, line,
+/// location)`.
+pub(crate) type ParseLine<T> = fn(&Path, &str, Location) -> Result<T, BadRecord>;
 
-/// Every line of many JSONL files, in order, each turned into a document by `parse`.
-pub(crate) struct JsonlRecords {
+/// Every line of many JSONL files, in order, each turned into a record by `parse`.
+pub(crate) struct JsonlRecords<T = Document> {
     files: std::vec::IntoIter<PathBuf>,
     errors: VecDeque<BadRecord>,
     current: Option<JsonlLines>,
-    parse: ParseLine,
+    parse: ParseLine<T>,
 }
 
-impl JsonlRecords {
+impl<T> JsonlRecords<T> {
     /// Reads `files` in order.
-    pub(crate) fn new(files: Files, parse: ParseLine) -> Self {
+    pub(crate) fn new(files: Files, parse: ParseLine<T>) -> Self {
         Self { files: files.files.into_iter(), errors: files.errors, current: None, parse }
     }
 }
 
-impl Iterator for JsonlRecords {
-    type Item = Result<Document, BadRecord>;
+impl<T> Iterator for JsonlRecords<T> {
+    type Item = Result<T, BadRecord>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {

@@ -12,6 +12,7 @@ mod html;
 mod interleaved;
 mod jsonl;
 mod markup;
+pub mod sft;
 mod text;
 mod walk;
 mod webdataset;
@@ -20,6 +21,7 @@ pub use caption::CaptionSource;
 pub use check::{CheckReport, SourceFormat, SourceOptions, UnknownSourceFormat, check, open};
 pub use html::HtmlSource;
 pub use interleaved::InterleavedSource;
+pub use sft::{Conversation, SftSource};
 pub use text::TextSource;
 pub use webdataset::WebDatasetSource;
 

@@ -35,6 +35,7 @@ fn config(pairs: &Path, vq_dir: &Path, share: f64) -> DataConfig {
             path: Some(pairs.to_path_buf()),
             min_image_side: 32,
             modality_weights: None,
+            category: None,
         }],
         stages: vec![Stage { start: 0.0, weights: [("pairs".to_string(), 1.0)].into() }],
     }

@@ -147,7 +147,8 @@ pub fn run(args: &SftArgs, device: &Device, spec: &str) -> Result<()> {
     let options = RunOptions {
         max_steps: args.max_steps,
         resume: args.resume,
-        progress_bar: true,
+        // The monitor owns the screen when it is up; the bar is for plain terminals.
+        progress_bar: args.no_tui || !chameleon_train::monitor::has_terminal(),
         peak: crate::device::peak(spec, exp.train.precision, device),
         ..RunOptions::default()
     };

@@ -7,53 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use burn::tensor::Device;
 use chameleon_data::fixtures;
-use common::{arg, stderr, xtask};
-
-/// Caption pairs, a tiny VQ tokenizer and an experiment file that uses them.
-fn experiment(root: &Path, steps: usize) -> std::path::PathBuf {
-    let pairs = fixtures::write_caption_pairs(root, 24, |i| format!("picture {i} of a queen")).unwrap();
-    fixtures::tiny_vq(&root.join("vq"), &Device::flex()).unwrap();
-    let tokenizer = fixtures::tokenizer_model();
-    let toml = format!(
-        r#"
-[model]
-d_model = 32
-n_layers = 2
-n_heads = 2
-residual_dropout = 0.1
-[data]
-seq_len = 40
-[data.tokenizer]
-model = "{tok}"
-[data.images]
-vq_checkpoint = "{vq}"
-[[data.sources]]
-name = "pairs"
-format = "caption"
-path = "{pairs}"
-[[data.stages]]
-start = 0.0
-weights = {{ pairs = 1.0 }}
-[schedule]
-warmup_steps = 3
-[train]
-steps = {steps}
-micro_batch = 2
-batch_tokens = 160
-checkpoint_every = 5
-keep_checkpoints = 3
-seed = 4
-"#,
-        tok = tokenizer.display(),
-        vq = root.join("vq").display(),
-        pairs = pairs.display(),
-    );
-    let path = root.join("exp.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
-}
+use common::{arg, caption_experiment as experiment, stderr, xtask};
 
 fn losses(run: &Path) -> Vec<(u64, String, String)> {
     std::fs::read_to_string(run.join("metrics.jsonl"))

@@ -321,7 +321,8 @@ mod tests {
         assert_eq!((report.documents, report.interleaved_documents, report.images), (1, 1, 1));
         assert_eq!(report.dropped_icons, 1);
         assert!(report.to_string().contains("dropped icons: 1\n"));
-        let report = check(SourceFormat::Html, &dir.path().join("h"), &SourceOptions { min_image_side: 4, category: None });
+        let report =
+            check(SourceFormat::Html, &dir.path().join("h"), &SourceOptions { min_image_side: 4, category: None });
         assert_eq!((report.images, report.dropped_icons), (2, 0));
     }
 

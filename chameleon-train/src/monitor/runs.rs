@@ -25,12 +25,21 @@ pub enum Metric {
     GradNorm,
     /// Learning rate.
     Lr,
+    /// Cross-entropy per source of the highlighted run (per SFT category in fine-tuning).
+    LossBySource,
 }
 
 impl Metric {
-    /// Every metric, in the order the keys 1–6 pick them.
-    pub const ALL: [Metric; 6] =
-        [Metric::Loss, Metric::MaxAttnLogit, Metric::OutputRms, Metric::LogZ, Metric::GradNorm, Metric::Lr];
+    /// Every metric, in the order the keys 1–7 pick them.
+    pub const ALL: [Metric; 7] = [
+        Metric::Loss,
+        Metric::MaxAttnLogit,
+        Metric::OutputRms,
+        Metric::LogZ,
+        Metric::GradNorm,
+        Metric::Lr,
+        Metric::LossBySource,
+    ];
 
     /// Title in the chart.
     pub fn title(self) -> &'static str {
@@ -41,6 +50,7 @@ impl Metric {
             Metric::LogZ => "log Z (mean)",
             Metric::GradNorm => "grad norm",
             Metric::Lr => "learning rate",
+            Metric::LossBySource => "cross-entropy per source (highlighted run)",
         }
     }
 
@@ -59,6 +69,8 @@ impl Metric {
             Metric::LogZ => get("log_z_mean"),
             Metric::GradNorm => get("grad_norm"),
             Metric::Lr => get("lr"),
+            // One series per source: see `Point::by_source`.
+            Metric::LossBySource => None,
         };
         v.unwrap_or(f64::NAN)
     }
@@ -75,7 +87,9 @@ pub struct Point {
     pub tokens_per_s: f64,
     /// Cross-entropy alone (the loss less the z-loss term; NaN when absent).
     pub ce: f64,
-    values: [f64; 6],
+    /// Cross-entropy per source (`ce_by_source`; empty for single-source runs).
+    pub by_source: Vec<(String, f64)>,
+    values: [f64; 7],
 }
 
 impl Point {
@@ -87,6 +101,10 @@ impl Point {
             tokens: row["tokens"].as_f64().unwrap_or(0.0),
             tokens_per_s: row["tokens_per_s"].as_f64().unwrap_or(0.0),
             ce: row["ce"].as_f64().unwrap_or(f64::NAN),
+            by_source: row["ce_by_source"]
+                .as_object()
+                .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
+                .unwrap_or_default(),
             values: Metric::ALL.map(|m| m.read(&row)),
         })
     }

@@ -63,9 +63,13 @@ impl App {
         let at = Metric::ALL.iter().position(|&m| m == self.metric).unwrap_or(0);
         match key {
             KeyCode::Char('q') | KeyCode::Esc => return Action::Quit,
-            KeyCode::Char('m') | KeyCode::Tab | KeyCode::Right => self.metric = Metric::ALL[(at + 1) % 6],
-            KeyCode::Char('M') | KeyCode::BackTab | KeyCode::Left => self.metric = Metric::ALL[(at + 5) % 6],
-            KeyCode::Char(c @ '1'..='6') => self.metric = Metric::ALL[c as usize - '1' as usize],
+            KeyCode::Char('m') | KeyCode::Tab | KeyCode::Right => {
+                self.metric = Metric::ALL[(at + 1) % Metric::ALL.len()]
+            }
+            KeyCode::Char('M') | KeyCode::BackTab | KeyCode::Left => {
+                self.metric = Metric::ALL[(at + Metric::ALL.len() - 1) % Metric::ALL.len()]
+            }
+            KeyCode::Char(c @ '1'..='7') => self.metric = Metric::ALL[c as usize - '1' as usize],
             KeyCode::Down | KeyCode::Char('j') => self.selected = (self.selected + 1) % n,
             KeyCode::Up | KeyCode::Char('k') => self.selected = (self.selected + n - 1) % n,
             KeyCode::Char('l') => self.log_scale = !self.log_scale,
@@ -139,41 +143,70 @@ impl App {
             let v = if self.log_scale && signed { v.abs() } else { v };
             if self.log_scale { (v > 0.0).then(|| v.log10()) } else { Some(v) }
         };
-        let series: Vec<(usize, Vec<(f64, f64)>)> = self
-            .watch
-            .runs
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !self.only_selected || *i == self.selected)
-            .map(|(i, r)| {
-                let pts = r
-                    .points
-                    .iter()
-                    .filter_map(|p| {
-                        Some(p.value(self.metric)).filter(|v| v.is_finite()).and_then(y).map(|y| (p.step as f64, y))
-                    })
-                    .collect();
-                (i, pts)
-            })
-            .filter(|(_, pts): &(usize, Vec<(f64, f64)>)| !pts.is_empty())
-            .collect();
+        // One series per run, or per source of the highlighted run.
+        let names: Vec<String> = match (self.metric, self.watch.runs.get(self.selected)) {
+            (Metric::LossBySource, Some(r)) => {
+                let mut names: Vec<String> =
+                    r.points.iter().flat_map(|p| p.by_source.iter().map(|(n, _)| n.clone())).collect();
+                names.sort();
+                names.dedup();
+                names
+            }
+            _ => self.watch.runs.iter().map(|r| r.name.clone()).collect(),
+        };
+        let series: Vec<(usize, Vec<(f64, f64)>)> = if self.metric == Metric::LossBySource {
+            let points = self.watch.runs.get(self.selected).map_or(&[][..], |r| &r.points[..]);
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let pts = points
+                        .iter()
+                        .filter_map(|p| {
+                            let v = p.by_source.iter().find(|(n, _)| n == name)?.1;
+                            y(v).map(|y| (p.step as f64, y))
+                        })
+                        .collect();
+                    (i, pts)
+                })
+                .collect()
+        } else {
+            self.watch
+                .runs
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !self.only_selected || *i == self.selected)
+                .map(|(i, r)| {
+                    let pts = r
+                        .points
+                        .iter()
+                        .filter_map(|p| {
+                            Some(p.value(self.metric)).filter(|v| v.is_finite()).and_then(y).map(|y| (p.step as f64, y))
+                        })
+                        .collect();
+                    (i, pts)
+                })
+                .collect()
+        };
+        let series: Vec<(usize, Vec<(f64, f64)>)> = series.into_iter().filter(|(_, pts)| !pts.is_empty()).collect();
+        let bold = if self.metric == Metric::LossBySource { usize::MAX } else { self.selected };
         let (mut x_hi, [lo, hi]) = bounds(series.iter().flat_map(|(_, s)| s.iter()));
         for r in &self.watch.runs {
             x_hi = x_hi.max(r.total_steps.unwrap_or(0) as f64);
         }
         // The highlighted run is drawn last, on top, in bold.
         let mut order: Vec<&(usize, Vec<(f64, f64)>)> = series.iter().collect();
-        order.sort_by_key(|(i, _)| *i == self.selected);
+        order.sort_by_key(|(i, _)| *i == bold);
         let datasets: Vec<Dataset> = order
             .into_iter()
             .map(|(i, pts)| {
                 let mut style = Style::new().fg(PALETTE[i % PALETTE.len()]);
-                if *i == self.selected {
+                if *i == bold {
                     style = style.add_modifier(Modifier::BOLD);
                 }
                 Dataset::default()
-                    .name(self.watch.runs[*i].name.clone())
-                    .marker(if *i == self.selected { Marker::Braille } else { Marker::Dot })
+                    .name(names[*i].clone())
+                    .marker(if *i == bold || bold == usize::MAX { Marker::Braille } else { Marker::Dot })
                     .graph_type(GraphType::Line)
                     .style(style)
                     .data(pts)
@@ -194,7 +227,7 @@ impl App {
     }
 
     fn render_help(&self, frame: &mut Frame, area: Rect) {
-        let keys = "q quit · m/M or 1-6 metric · ↑/↓ run · l log scale · a all runs / highlighted only";
+        let keys = "q quit · m/M or 1-7 metric · ↑/↓ run · l log scale · a all runs / highlighted only";
         let detail = self.watch.runs.get(self.selected).and_then(|r| match &r.state {
             RunState::Diverged(why) | RunState::Failed(why) => Some(format!("{}: {why}", r.name)),
             _ => None,
@@ -317,6 +350,29 @@ mod tests {
         let frame = terminal.draw(|f| app.render(f)).unwrap();
         assert_eq!((frame.area.width, frame.area.height), (60, 20));
         assert!(terminal.backend().buffer().content.iter().any(|c| c.symbol() == "▶"));
+    }
+
+    #[test]
+    fn key_7_charts_the_loss_per_source_of_the_highlighted_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: String = (1..=10)
+            .map(|s| {
+                let per = serde_json::json!({"visual-chat": 6.0 - 0.3 * s as f64, "safety": 4.0 - 0.35 * s as f64});
+                format!("{}\n", serde_json::json!({"step": s, "tokens": s * 100, "loss": 5.0, "ce_by_source": per}))
+            })
+            .collect();
+        std::fs::write(dir.path().join(METRICS_FILE), rows).unwrap();
+        let mut app = App::new(Watch::open(dir.path()).unwrap());
+        app.on_key(KeyCode::Char('7'));
+        assert_eq!(app.metric, Metric::LossBySource);
+        let text = screen(&app, 140, 36);
+        assert!(text.contains("cross-entropy per source (highlighted run)"), "{text}");
+        assert!(text.contains("visual-chat") && text.contains("safety"), "{text}");
+        // The top of the y axis is above the largest value of either source (5.7).
+        let top: f64 = text.lines().find_map(|l| l.strip_prefix("│")?.split('│').next()?.trim().parse().ok()).unwrap();
+        assert!((5.7..8.0).contains(&top), "{top}\n{text}");
+        app.on_key(KeyCode::Char('m'));
+        assert_eq!(app.metric, Metric::Loss, "m wraps around to the first metric");
     }
 
     #[test]

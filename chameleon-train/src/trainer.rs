@@ -542,7 +542,7 @@ mod tests {
         let mut out = Vec::new();
         for g in [model.lm_head.weight.val().grad(&grads), model.embed_tokens.weight.val().grad(&grads)] {
             out.extend(
-                g.expect("the loss is attached to the graph").into_data().convert::<f32>().to_vec::<f32>().unwrap(),
+                g.expect("the loss is attached to the graph").into_data().convert::<f32>().try_to_vec::<f32>().unwrap(),
             );
         }
         out

@@ -50,6 +50,7 @@ fn setup(root: &Path, device: &Device) -> (Experiment, chameleon_data::Prepared)
             path: Some(pairs),
             min_image_side: 32,
             modality_weights: None,
+            category: None,
         }],
         stages: vec![Stage { start: 0.0, weights: [("pairs".to_string(), 1.0)].into() }],
     };

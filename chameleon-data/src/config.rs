@@ -256,6 +256,22 @@ weights = { text = 0.5, pairs = 0.5 }
     }
 
     #[test]
+    fn sft_sources_take_a_category_and_only_they_do() {
+        let sft = |format: &str, category: &str| {
+            let source = format!("name = \"pairs\"\nformat = \"{format}\"\n{category}");
+            load(&GOOD.replace("name = \"pairs\"\nformat = \"caption\"\npath = \"pairs.jsonl\"", &source))
+        };
+        let c = sft("sft\"\npath = \"chat.jsonl", "category = \"visual-chat\"").unwrap();
+        assert_eq!(c.sources[1].category.as_deref(), Some("visual-chat"));
+        assert!(sft("sft\"\npath = \"chat.jsonl", "").unwrap().sources[1].category.is_none());
+        assert!(sft("builtin-sft", "category = \"safety\"").is_ok());
+        assert!(sft("builtin-sft", "").unwrap_err().contains("needs a `category`"));
+        assert!(sft("builtin-sft", "category = \"code\"").unwrap_err().contains("no built-in SFT category `code`"));
+        let caption = load(&GOOD.replace("path = \"pairs.jsonl\"", "path = \"pairs.jsonl\"\ncategory = \"text\""));
+        assert!(caption.unwrap_err().contains("`category` is for SFT sources only"));
+    }
+
+    #[test]
     fn bad_configs_name_the_key() {
         assert!(load(&GOOD.replace("seq_len = 128", "seq_len = 128\nseqlen = 3")).unwrap_err().contains("seqlen"));
         assert!(load(&GOOD.replace("path = \"pairs.jsonl\"\n", "")).unwrap_err().contains("needs a `path`"));

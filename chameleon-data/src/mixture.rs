@@ -527,6 +527,24 @@ impl Mixture {
     pub fn row_len(&self) -> usize {
         self.spec.row_len()
     }
+
+    /// Per source (in [`Mixture::sources`] order), the documents drawn so far, wholly or in part,
+    /// as indices into the source's store, in the order they were drawn (each once; a document
+    /// skipped as too long for a row counts as drawn).
+    pub fn drawn(&mut self) -> Vec<Vec<u32>> {
+        let mut out = vec![Vec::new(); self.sources.len()];
+        for s in 0..self.streams.len() {
+            let st = self.state.stream_states[s].clone();
+            let docs = if st.epoch > 0 {
+                self.order(s).to_vec()
+            } else {
+                let started = (st.position + usize::from(st.cursor.offset > 0)).min(self.streams[s].len());
+                self.order(s)[..started].to_vec()
+            };
+            out[self.source_of_stream[s]].extend(docs);
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -743,6 +761,13 @@ mod tests {
                 assert!(!tags.is_empty() && tags.iter().all(|&t| t == 10 + source as u32), "{row:?}");
             }
         }
+        // 4000 rows of at most 2 pairs: the safety stream's 50 conversations are all drawn, and
+        // `drawn` names each document once.
+        let drawn = m.drawn();
+        let mut safety = drawn[3].clone();
+        safety.sort_unstable();
+        assert_eq!(safety, (0..50).collect::<Vec<u32>>());
+        assert!(drawn.iter().all(|d| d.len() <= 50));
         let p = &m.proportions()[0];
         let total: f64 = weights.iter().map(|(_, w)| w).sum();
         for (name, w) in weights {

@@ -674,6 +674,15 @@ pub fn prepare(
             }
         }
         bar.finish_and_clear();
+        if let (SourceKind::Sft, Some(category)) = (s.format, &s.category)
+            && summary.documents + summary.held_out_documents == 0
+        {
+            return Err(other(format!(
+                "{}: source `{}` has no conversation of category `{category}` (a misspelt category?)",
+                s.path.as_deref().unwrap_or(Path::new("")).display(),
+                s.name
+            )));
+        }
         summary.train_shards = train.finish()?;
         summary.held_out_shards = held.finish()?;
         tracing::info!(

@@ -3,8 +3,8 @@
 //! prompts' answers) for text answers, and the likelihood of the true image for image answers,
 //! given its own prompt and given another prompt.
 //!
-//! Every held-out conversation is split at its first `end-of-turn`: the prompt is
-//! `<s> … end-of-turn`, the answer what follows, closed by `</s>`.
+//! Every held-out conversation is split at its last `end-of-turn`: the prompt is
+//! `<s> … end-of-turn` (earlier turns included), the final answer what follows, closed by `</s>`.
 
 use std::collections::BTreeMap;
 
@@ -39,10 +39,11 @@ pub struct CategoryEval {
     pub image_nats_per_code_other_prompt: Option<f64>,
 }
 
-/// A held-out conversation as tokens: `(prompt with its bos and end-of-turn, answer with eos)`.
-pub fn split_conversation(tokens: &[u32], layout: &VocabLayout) -> Option<(Vec<u32>, Vec<u32>)> {
+/// A held-out conversation as tokens: `(prompt with its bos and last end-of-turn, final answer
+/// with eos)`.
+fn split_conversation(tokens: &[u32], layout: &VocabLayout) -> Option<(Vec<u32>, Vec<u32>)> {
     let s = layout.special();
-    let cut = tokens.iter().position(|&t| t == s.end_of_turn)?;
+    let cut = tokens.iter().rposition(|&t| t == s.end_of_turn)?;
     let mut prompt = vec![s.bos];
     prompt.extend_from_slice(&tokens[..=cut]);
     let mut answer = tokens[cut + 1..].to_vec();
@@ -112,6 +113,9 @@ pub struct SftComparison {
     pub before: BTreeMap<String, CategoryEval>,
     /// The fine-tuned model.
     pub after: BTreeMap<String, CategoryEval>,
+    /// The fine-tuned model on conversations it was trained on: what it learned, against what
+    /// carries over to held-out prompts.
+    pub after_trained: BTreeMap<String, CategoryEval>,
 }
 
 impl SftComparison {
@@ -119,7 +123,8 @@ impl SftComparison {
     pub fn table(&self) -> String {
         let mut out = String::from(
             "| category | held-out prompts | answer nats/token (before → after) | answer choice, 1 of 10 | \
-             image nats/code: own prompt | image nats/code: other prompt |\n|---|---:|---:|---:|---:|---:|\n",
+             image nats/code: own prompt | image nats/code: other prompt | trained prompts, after: nats/token, \
+             choice |\n|---|---:|---:|---:|---:|---:|---:|\n",
         );
         let pair = |a: Option<f64>, b: Option<f64>, digits: usize| match (a, b) {
             (Some(a), Some(b)) => format!("{a:.digits$} → {b:.digits$}"),
@@ -127,8 +132,12 @@ impl SftComparison {
         };
         for (name, after) in &self.after {
             let before = self.before.get(name).cloned().unwrap_or_default();
+            let trained = self.after_trained.get(name).map_or("–".into(), |t| {
+                let choice = t.choice_accuracy.map_or(String::new(), |c| format!(", {c:.3}"));
+                format!("{:.3}{choice}", t.answer_nats_per_token)
+            });
             out.push_str(&format!(
-                "| {name} | {} | {} | {} | {} | {} |\n",
+                "| {name} | {} | {} | {} | {} | {} | {trained} |\n",
                 after.prompts,
                 pair(Some(before.answer_nats_per_token), Some(after.answer_nats_per_token), 3),
                 pair(before.choice_accuracy, after.choice_accuracy, 3),
@@ -154,5 +163,10 @@ mod tests {
         assert_eq!(answer, vec![30, 31, s.eos]);
         assert_eq!(split_conversation(&[20, 21], &layout), None);
         assert_eq!(split_conversation(&[20, s.end_of_turn], &layout), None);
+        // Several turns: the earlier ones are prompt, the final answer is scored.
+        let turns = vec![20, s.end_of_turn, 30, s.end_of_turn, 21, s.end_of_turn, 31];
+        let (prompt, answer) = split_conversation(&turns, &layout).unwrap();
+        assert_eq!(prompt, [&[s.bos][..], &turns[..6]].concat());
+        assert_eq!(answer, vec![31, s.eos]);
     }
 }

@@ -91,6 +91,11 @@ impl Default for SftConfig {
 }
 
 impl SftConfig {
+    /// Whether an experiment file has an `[sft]` section (a fine-tuning experiment).
+    pub fn present(path: &Path) -> Result<bool, ConfigError> {
+        Ok(read_table(path)?.contains_key("sft"))
+    }
+
     /// Reads the `[sft]` section of an experiment file (defaults when it has none).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let table = read_table(path)?;

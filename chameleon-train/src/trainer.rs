@@ -209,6 +209,14 @@ fn save_checkpoint(
     std::fs::rename(&tmp, dir).map_err(|e| err(dir, e))
 }
 
+/// The data sampler's state saved in a checkpoint directory (what the run had drawn by then).
+pub fn checkpoint_mixture(checkpoint: &Path) -> Result<MixtureState, TrainError> {
+    let path = checkpoint.join("state.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| err(&path, e))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| err(&path, e))?;
+    Ok(state.mixture)
+}
+
 /// Whether the run directory holds a checkpoint to resume from.
 pub fn has_checkpoint(run: &Path) -> bool {
     !checkpoints(run).is_empty()

@@ -128,7 +128,7 @@ fn answer_all(
     dir: &Path,
     device: &Device,
 ) -> Result<Vec<Vec<Part>>> {
-    let vq = loaded.vq.as_ref().context("the run has no image tokenizer")?;
+    let vq = loaded.vq.as_ref().with_context(|| format!("{}: the run has no image tokenizer", dir.display()))?;
     let layout = loaded.text.layout().clone();
     let sampling =
         Sampling { temperature: args.temperature, top_p: 0.9, top_k: 0, repetition_penalty: 1.2, greedy: args.greedy };
@@ -201,6 +201,9 @@ fn a_on_left(i: usize) -> bool {
 
 /// Answers the prompts with one or two runs and writes the page.
 pub fn run(args: &RespondArgs, device: &Device) -> Result<()> {
+    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
+        bail!("--temperature {} must be 0 or more", args.temperature);
+    }
     let prompts: Vec<Conversation> = SftSource::open_prompts(&args.prompts)?.collect::<Result<_, _>>()?;
     if prompts.is_empty() {
         bail!("{}: no prompts", args.prompts.display());
@@ -236,8 +239,9 @@ pub fn run(args: &RespondArgs, device: &Device) -> Result<()> {
     });
     std::fs::write(args.out.join("answers.json"), serde_json::to_string_pretty(&data)?)
         .with_context(|| format!("{}: cannot write", args.out.join("answers.json").display()))?;
-    // `</` never appears inside the script: JSON strings escape it.
-    let script_safe = serde_json::to_string(&data)?.replace("</", "<\\/");
+    // No `<` inside the script at all (`</script>`, `<!--` would end or confuse it): in JSON
+    // strings it may be written `\u003c`.
+    let script_safe = serde_json::to_string(&data)?.replace('<', "\\u003c");
     let page = args.out.join("index.html");
     std::fs::write(&page, PAGE.replace("/*DATA*/null", &script_safe))
         .with_context(|| format!("{}: cannot write", page.display()))?;

@@ -8,14 +8,16 @@ use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::tensor::Device;
 use chameleon_data::config::SourceKind;
-use chameleon_data::loader::{Split, open_source};
+use chameleon_data::loader::{Split, open_mixture, open_source};
 use chameleon_data::prepare::Prepared;
 use chameleon_data::tokenizer::MODEL_FILE;
 use chameleon_data::{ImageRef, Segment, corpus, sft_set};
 use chameleon_eval::sft_eval::{CategoryEval, SftComparison, evaluate_category};
 use chameleon_model::Chameleon;
 use chameleon_train::experiment::{Experiment, SftConfig};
-use chameleon_train::trainer::{CONFIG_FILE, PROPORTIONS_FILE, RunOptions, latest_checkpoint, train};
+use chameleon_train::trainer::{
+    CONFIG_FILE, PROPORTIONS_FILE, RunOptions, checkpoint_mixture, latest_checkpoint, train,
+};
 use serde_json::json;
 
 use crate::data::prepare_data;
@@ -84,6 +86,17 @@ fn resolve(config: &Path, from: Option<&Path>, cache: &Path, device: &Device) ->
     exp.data.tokenizer.model = Some(pre_data.dir.join(MODEL_FILE));
     exp.data.images = pre.data.images.clone();
     exp.train.init_from = Some(checkpoint);
+    let builtin = exp.data.sources.iter().any(|s| s.format == SourceKind::BuiltinSft);
+    if builtin && exp.data.held_out_every != pre.data.held_out_every {
+        bail!(
+            "{}: data.held_out_every = {} but the pre-trained run held out 1 in {} ({}); the built-in SFT set must \
+             hold out the same emoji and passages, or its held-out prompts were trained on",
+            config.display(),
+            exp.data.held_out_every,
+            pre.data.held_out_every,
+            run.join(CONFIG_FILE).display()
+        );
+    }
     if exp.data.seq_len > exp.model.max_seq_len {
         bail!(
             "{}: data.seq_len = {} is longer than the pre-trained model's max_seq_len = {}",
@@ -96,19 +109,28 @@ fn resolve(config: &Path, from: Option<&Path>, cache: &Path, device: &Device) ->
     Ok((exp, sft))
 }
 
-/// Scores `model` on up to `max` held-out conversations of every source of `prepared`.
+/// Scores `model` on up to `max` conversations of every source of `prepared`: the first ones of
+/// the held-out split, or with `drawn` (per source, as [`chameleon_data::Mixture::drawn`]) the
+/// first ones the run trained on.
 fn evaluate(
     model: &Chameleon,
     exp: &Experiment,
     prepared: &Prepared,
+    drawn: Option<&BTreeMap<String, Vec<u32>>>,
     max: usize,
     device: &Device,
 ) -> Result<BTreeMap<String, CategoryEval>> {
     let layout = prepared.tokenizer()?.layout().clone();
     let mut out = BTreeMap::new();
     for source in &exp.data.sources {
-        let shards = open_source(prepared, &source.name, Split::HeldOut)?;
-        let docs: Vec<Vec<u32>> = (0..shards.len().min(max))
+        let split = if drawn.is_some() { Split::Train } else { Split::HeldOut };
+        let shards = open_source(prepared, &source.name, split)?;
+        let indices: Vec<usize> = match drawn {
+            Some(d) => d.get(&source.name).into_iter().flatten().take(max).map(|&i| i as usize).collect(),
+            None => (0..shards.len().min(max)).collect(),
+        };
+        let docs: Vec<Vec<u32>> = indices
+            .into_iter()
             .map(|i| {
                 let mut tokens = Vec::new();
                 shards.tokens_into(i, &mut tokens);
@@ -134,6 +156,9 @@ pub fn run(args: &SftArgs, device: &Device, spec: &str) -> Result<()> {
         PathBuf::from("runs").join(args.config.file_stem().and_then(|s| s.to_str()).unwrap_or("sft"))
     });
     let (exp, sft) = if args.resume {
+        if args.from.is_some() {
+            bail!("--resume continues {} from where it stopped; --from is for a new run", run_dir.display());
+        }
         let exp = Experiment::load(&run_dir.join(CONFIG_FILE))?;
         (exp, SftConfig::load(&args.config)?)
     } else {
@@ -162,17 +187,28 @@ pub fn run(args: &SftArgs, device: &Device, spec: &str) -> Result<()> {
         println!("not finished: `cargo xtask sft --run-dir {} --resume` continues it", run_dir.display());
         return Ok(());
     }
-    let proportions = std::fs::read_to_string(run_dir.join(PROPORTIONS_FILE)).unwrap_or_default();
-    println!("realised mixture ({}):\n{}", run_dir.join(PROPORTIONS_FILE).display(), mixture_table(&proportions));
+    let path = run_dir.join(PROPORTIONS_FILE);
+    let proportions = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    println!("realised mixture ({}):\n{}", path.display(), mixture_table(&proportions));
 
     let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_message(format!("scoring up to {} held-out prompts per category, before and after", sft.eval_prompts));
+    bar.set_message(format!(
+        "scoring up to {} held-out prompts per category, before and after (and as many trained ones)",
+        sft.eval_prompts
+    ));
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    let before = evaluate(&load(&exp, &from, device)?, &exp, &prepared, sft.eval_prompts, device)?;
+    let n = sft.eval_prompts;
+    let before = evaluate(&load(&exp, &from, device)?, &exp, &prepared, None, n, device)?;
     let last = latest_checkpoint(&run_dir).with_context(|| format!("{}: no checkpoint", run_dir.display()))?;
-    let after = evaluate(&load(&exp, &last, device)?, &exp, &prepared, sft.eval_prompts, device)?;
+    let tuned = load(&exp, &last, device)?;
+    let after = evaluate(&tuned, &exp, &prepared, None, n, device)?;
+    // The conversations the run drew, from the sampler state it saved.
+    let mut mixture = open_mixture(&prepared, &exp.data, Split::Train)?;
+    mixture.restore(checkpoint_mixture(&last)?).with_context(|| format!("{}: sampler state", last.display()))?;
+    let drawn: BTreeMap<String, Vec<u32>> = mixture.sources().to_vec().into_iter().zip(mixture.drawn()).collect();
+    let after_trained = evaluate(&tuned, &exp, &prepared, Some(&drawn), n, device)?;
     bar.finish_and_clear();
-    let comparison = SftComparison { before, after };
+    let comparison = SftComparison { before, after, after_trained };
     let path = run_dir.join(EVAL_FILE);
     std::fs::write(&path, serde_json::to_string_pretty(&comparison)?)
         .with_context(|| format!("{}: cannot write", path.display()))?;
@@ -192,7 +228,7 @@ pub fn run(args: &SftArgs, device: &Device, spec: &str) -> Result<()> {
 /// Held-out prompts of the built-in SFT sources, `per_category` each, as a prompt file for
 /// `cargo xtask respond`: `dir/prompts.jsonl` (with the true answers as references) and the
 /// images beside it. Returns the file, or `None` when no source is built in.
-pub fn write_prompt_set(exp: &Experiment, cache: &Path, dir: &Path, per_category: usize) -> Result<Option<PathBuf>> {
+fn write_prompt_set(exp: &Experiment, cache: &Path, dir: &Path, per_category: usize) -> Result<Option<PathBuf>> {
     let builtin: Vec<&str> = exp
         .data
         .sources

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use burn::tensor::Device;
-use chameleon_train::experiment::Experiment;
+use chameleon_train::experiment::{Experiment, SftConfig};
 use chameleon_train::trainer::{CONFIG_FILE, RunOptions, train};
 
 use crate::data::prepare_data;
@@ -29,6 +29,13 @@ pub fn run(
         }
         (None, _, None) => bail!("give --config FILE (a new run) or --resume RUN (continue one)"),
     };
+    if resume.is_none() && SftConfig::present(&config)? {
+        bail!(
+            "{}: a fine-tuning experiment ([sft]); run `cargo xtask sft --config {}`",
+            config.display(),
+            config.display()
+        );
+    }
     let exp = Experiment::load(&config)?;
     let prepared = prepare_data(&exp.data, cache, false, device)?;
     let options = RunOptions {

@@ -99,19 +99,25 @@ fn metrics(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// What a real browser shows after `?choose=…`: the page's own JSON export and its tally.
-fn choices_in_chromium(page: &Path, choose: &str) -> serde_json::Value {
+/// The page's DOM after a real browser ran its script, with `query` (e.g. `?choose=A,B`).
+fn chromium_dom(page: &Path, query: &str) -> String {
     let browser = ["chromium", "chromium-browser"]
         .into_iter()
         .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
         .expect("Chromium is needed for this test (Debian: apt-get install chromium; .ci/run installs it)");
-    let url = format!("file://{}?choose={choose}", page.canonicalize().unwrap().display());
+    let url = format!("file://{}{query}", page.canonicalize().unwrap().display());
     let out = Command::new(browser)
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom", &url])
         .output()
         .unwrap();
     let dom = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(dom.contains("Answer 1 is better"), "the page did not render: {}\n{dom}", stderr(&out));
+    dom
+}
+
+/// What a real browser shows after `?choose=…`: the page's own JSON export and its tally.
+fn choices_in_chromium(page: &Path, choose: &str) -> serde_json::Value {
+    let dom = chromium_dom(page, &format!("?choose={choose}"));
     let start = dom.find("<pre id=\"export\">").expect("no export block") + "<pre id=\"export\">".len();
     let end = start + dom[start..].find("</pre>").unwrap();
     let json = dom[start..end].replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&amp;", "&");
@@ -190,6 +196,13 @@ fn sft_fine_tunes_resumes_exactly_evaluates_and_the_page_tallies_choices() {
         assert!(eval[side]["image-generation"]["choice_accuracy"].is_null());
     }
     assert_ne!(eval["before"], eval["after"]);
+    // And on conversations the run drew: each row of a category packs at least one of its
+    // conversations, so at least as many as its rows were drawn (up to eval_prompts = 20).
+    for name in names {
+        let rows = streams[name][0].as_u64().unwrap();
+        let scored = eval["after_trained"][name]["prompts"].as_u64().unwrap();
+        assert!(scored >= rows.min(20) && scored <= 20, "{name}: {scored} scored, {rows} rows drawn");
+    }
 
     // Side by side: the fine-tuned run (A) against the pre-trained one (B).
     let prompts = root.join("sft/prompts.jsonl");
@@ -222,8 +235,28 @@ fn sft_fine_tunes_resumes_exactly_evaluates_and_the_page_tallies_choices() {
     assert!(html.contains("data:image/png;base64,"), "prompt images are embedded");
     assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "the page is self-contained");
 
+    // The blind order: "Answer 1" is run A's answer exactly where answers.json says A is left.
+    let answers: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(page_dir.join("answers.json")).unwrap()).unwrap();
+    let lefts: Vec<bool> =
+        answers["items"].as_array().unwrap().iter().map(|i| i["a_left"].as_bool().unwrap()).collect();
+    assert!(lefts.contains(&true) && lefts.contains(&false), "{lefts:?}");
+    let dom = chromium_dom(&page, "");
+    for (i, a_left) in lefts.iter().enumerate() {
+        let first =
+            dom.find(&format!("name=\"choice-{i}\" value=\"")).unwrap() + format!("name=\"choice-{i}\" value=\"").len();
+        assert_eq!(
+            &dom[first..first + 1],
+            if *a_left { "A" } else { "B" },
+            "prompt {i}: answer 1 is not where A was placed"
+        );
+    }
+
     let shown = choices_in_chromium(&page, "A,B,tie");
     assert_eq!(shown["tally"], serde_json::json!({"A": 1, "B": 1, "tie": 1, "undecided": 1}));
+    // Undecided gaps and extra values replay without breaking the page.
+    let gaps = choices_in_chromium(&page, "B,,A,,tie,A");
+    assert_eq!(gaps["tally"], serde_json::json!({"A": 1, "B": 1, "tie": 0, "undecided": 2}));
     let chosen: Vec<&serde_json::Value> = shown["choices"].as_array().unwrap().iter().map(|c| &c["choice"]).collect();
     assert_eq!(
         chosen,

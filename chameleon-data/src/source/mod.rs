@@ -12,7 +12,7 @@ mod html;
 mod interleaved;
 mod jsonl;
 mod markup;
-pub mod sft;
+mod sft;
 mod text;
 mod walk;
 mod webdataset;

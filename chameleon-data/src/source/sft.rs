@@ -21,10 +21,6 @@ use crate::document::{BadRecord, DocKind, Document, ImageRef, Location, Segment}
 use crate::source::jsonl::{JsonlRecords, existing_image, parse_object, string_field};
 use crate::source::walk::files_under;
 
-/// The paper's six SFT categories, as named in configs.
-pub const CATEGORIES: [&str; 6] =
-    ["text", "code", "visual-chat", "image-generation", "interleaved-generation", "safety"];
-
 /// One conversation: its category and its turns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conversation {
@@ -38,7 +34,7 @@ pub struct Conversation {
 }
 
 impl Conversation {
-    /// The SFT document: turns separated by `end-of-turn`. Panics on no turns (never parsed).
+    /// The SFT document: turns separated by `end-of-turn`.
     pub fn document(&self) -> Document {
         let mut segments = Vec::new();
         for (i, turn) in self.turns.iter().enumerate() {
@@ -53,7 +49,7 @@ impl Conversation {
     /// The prompt: every turn but the last answer, and the `end-of-turn` after them that opens
     /// the answer.
     pub fn prompt(&self) -> Vec<Segment> {
-        let n = if self.turns.len() % 2 == 0 { self.turns.len() - 1 } else { self.turns.len() };
+        let n = if self.turns.len() % 2 == 0 { self.turns.len().saturating_sub(1) } else { self.turns.len() };
         let mut segments = Vec::new();
         for turn in &self.turns[..n] {
             segments.extend(turn.iter().cloned());
@@ -64,7 +60,7 @@ impl Conversation {
 
     /// The final answer, when the conversation has one.
     pub fn answer(&self) -> Option<&[Segment]> {
-        (self.turns.len() % 2 == 0).then(|| self.turns[self.turns.len() - 1].as_slice())
+        self.turns.last().filter(|_| self.turns.len() % 2 == 0).map(Vec::as_slice)
     }
 }
 

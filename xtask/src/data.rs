@@ -34,7 +34,7 @@ pub enum DataCommand {
     },
     /// Validate a source: counts, then every bad record with its place and reason.
     Check {
-        /// text, caption, interleaved, webdataset or html.
+        /// text, caption, interleaved, webdataset, html or sft.
         format: SourceFormat,
         /// File or folder.
         path: PathBuf,

@@ -111,6 +111,12 @@ pub struct DataConfig {
     pub stages: Vec<Stage>,
 }
 
+/// Whether documents of `group` (a passage, an emoji family, a record) are held out: a fixed 1 in
+/// `every` groups (none when `every` is 0).
+pub fn is_held_out(group: usize, every: usize) -> bool {
+    every > 0 && group % every == every - 1
+}
+
 fn default_seq_len() -> usize {
     256
 }

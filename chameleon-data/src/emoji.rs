@@ -39,7 +39,7 @@ pub fn all() -> Vec<Emoji> {
 impl Emoji {
     /// Whether this emoji belongs to the held-out split: a fixed 1 in `every` families.
     pub fn is_held_out(&self, every: usize) -> bool {
-        every > 0 && self.family % every == every - 1
+        crate::config::is_held_out(self.family, every)
     }
 }
 

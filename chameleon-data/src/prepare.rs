@@ -21,7 +21,7 @@ use chameleon_model::vq::VqVae;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{DataConfig, SourceConfig, SourceKind};
+use crate::config::{DataConfig, SourceConfig, SourceKind, is_held_out};
 use crate::corpus;
 use crate::document::{BadRecord, DocKind, Document, ImageRef, Segment};
 use crate::image as img;
@@ -660,7 +660,7 @@ pub fn prepare(
                 }
                 summary.images += doc.images().count() as u64;
                 summary.tokens += tokens.len() as u64;
-                if group % config.held_out_every == config.held_out_every - 1 {
+                if is_held_out(group, config.held_out_every) {
                     held.push(doc.kind, &tokens)?;
                     summary.held_out_documents += 1;
                 } else {

@@ -222,11 +222,13 @@ pub fn run(args: &RespondArgs, device: &Device) -> Result<()> {
         for (k, (label, _)) in runs.iter().enumerate() {
             by_run.insert(label.to_string(), serde_json::to_value(&answers[k][i])?);
         }
+        let prompt = c.prompt();
         items.push(json!({
             "id": i,
             "category": c.category,
             "source": c.location.to_string(),
-            "prompt": parts(&c.prompt()[..c.prompt().len() - 1])?,
+            // Without the closing end-of-turn, which only opens the answer.
+            "prompt": parts(&prompt[..prompt.len() - 1])?,
             "reference": c.answer().map(parts).transpose()?,
             "answers": by_run,
             "a_left": a_on_left(i),

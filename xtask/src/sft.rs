@@ -5,15 +5,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::module::Module;
 use burn::tensor::Device;
-use chameleon_data::config::SourceKind;
+use chameleon_data::config::{SourceKind, is_held_out};
 use chameleon_data::loader::{Split, open_mixture, open_source};
 use chameleon_data::prepare::Prepared;
 use chameleon_data::tokenizer::MODEL_FILE;
 use chameleon_data::{ImageRef, Segment, corpus, sft_set};
 use chameleon_eval::sft_eval::{CategoryEval, SftComparison, evaluate_category};
-use chameleon_model::Chameleon;
+use chameleon_model::{Chameleon, VocabLayout};
 use chameleon_train::experiment::{Experiment, SftConfig};
 use chameleon_train::trainer::{
     CONFIG_FILE, PROPORTIONS_FILE, RunOptions, checkpoint_mixture, latest_checkpoint, train,
@@ -22,6 +21,7 @@ use serde_json::json;
 
 use crate::data::prepare_data;
 use crate::live::monitored;
+use crate::trained::load_weights;
 
 /// The default fine-tuning experiment.
 pub const DEFAULT_CONFIG: &str = "experiments/sft.toml";
@@ -116,11 +116,11 @@ fn evaluate(
     model: &Chameleon,
     exp: &Experiment,
     prepared: &Prepared,
+    layout: &VocabLayout,
     drawn: Option<&BTreeMap<String, Vec<u32>>>,
     max: usize,
     device: &Device,
 ) -> Result<BTreeMap<String, CategoryEval>> {
-    let layout = prepared.tokenizer()?.layout().clone();
     let mut out = BTreeMap::new();
     for source in &exp.data.sources {
         let split = if drawn.is_some() { Split::Train } else { Split::HeldOut };
@@ -137,17 +137,9 @@ fn evaluate(
                 tokens
             })
             .collect();
-        out.insert(source.name.clone(), evaluate_category(model, &docs, &layout, device));
+        out.insert(source.name.clone(), evaluate_category(model, &docs, layout, device));
     }
     Ok(out)
-}
-
-fn load(exp: &Experiment, checkpoint: &Path, device: &Device) -> Result<Chameleon> {
-    let weights = checkpoint.join("model.bpk");
-    exp.model
-        .init(device)
-        .try_load_file(&weights)
-        .map_err(|e| anyhow::anyhow!("{}: cannot load the model: {e:?}", weights.display()))
 }
 
 /// Fine-tunes, then evaluates before and after and prints the table and the realised mixture.
@@ -198,15 +190,16 @@ pub fn run(args: &SftArgs, device: &Device, spec: &str) -> Result<()> {
     ));
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     let n = sft.eval_prompts;
-    let before = evaluate(&load(&exp, &from, device)?, &exp, &prepared, None, n, device)?;
+    let layout = prepared.tokenizer()?.layout().clone();
+    let before = evaluate(&load_weights(&exp, &from, device)?, &exp, &prepared, &layout, None, n, device)?;
     let last = latest_checkpoint(&run_dir).with_context(|| format!("{}: no checkpoint", run_dir.display()))?;
-    let tuned = load(&exp, &last, device)?;
-    let after = evaluate(&tuned, &exp, &prepared, None, n, device)?;
+    let tuned = load_weights(&exp, &last, device)?;
+    let after = evaluate(&tuned, &exp, &prepared, &layout, None, n, device)?;
     // The conversations the run drew, from the sampler state it saved.
     let mut mixture = open_mixture(&prepared, &exp.data, Split::Train)?;
     mixture.restore(checkpoint_mixture(&last)?).with_context(|| format!("{}: sampler state", last.display()))?;
     let drawn: BTreeMap<String, Vec<u32>> = mixture.sources().to_vec().into_iter().zip(mixture.drawn()).collect();
-    let after_trained = evaluate(&tuned, &exp, &prepared, Some(&drawn), n, device)?;
+    let after_trained = evaluate(&tuned, &exp, &prepared, &layout, Some(&drawn), n, device)?;
     bar.finish_and_clear();
     let comparison = SftComparison { before, after, after_trained };
     let path = run_dir.join(EVAL_FILE);
@@ -248,7 +241,7 @@ fn write_prompt_set(exp: &Experiment, cache: &Path, dir: &Path, per_category: us
         let held_out = sft_set::conversations(category, &texts)
             .map_err(anyhow::Error::msg)?
             .into_iter()
-            .filter(|(_, group)| group % every == every - 1)
+            .filter(|(_, group)| is_held_out(*group, every))
             .take(per_category);
         for (conversation, _) in held_out {
             let mut messages = Vec::new();

@@ -117,14 +117,18 @@ fn load_ours(run: &Path, checkpoint: &Path, cache: &Path, device: &Device) -> Re
             tokenizer.vocab_size()
         );
     }
-    let weights = checkpoint.join("model.bpk");
-    let model = exp
-        .model
-        .init(device)
-        .try_load_file(&weights)
-        .map_err(|e| anyhow::anyhow!("{}: cannot load the model: {e:?}", weights.display()))?;
+    let model = load_weights(&exp, checkpoint, device)?;
     let vq = image_tokenizer(&exp.data.images, device)?;
     Ok(Loaded { model, text: Text::Ours(tokenizer), vq: Some(vq), run: Some((exp, prepared)) })
+}
+
+/// The transformer of an experiment with the weights of one of its checkpoints (`model.bpk`).
+pub fn load_weights(exp: &Experiment, checkpoint: &Path, device: &Device) -> Result<Chameleon> {
+    let weights = checkpoint.join("model.bpk");
+    exp.model
+        .init(device)
+        .try_load_file(&weights)
+        .map_err(|e| anyhow::anyhow!("{}: cannot load the model: {e:?}", weights.display()))
 }
 
 /// An image file as the model reads it: begin-image, its codes as token ids, end-image (encoded

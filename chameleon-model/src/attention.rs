@@ -6,7 +6,7 @@ use burn::nn::{Dropout, Linear};
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, DType, Device, Tensor};
 
 use crate::norm::HeadLayerNorm;
 use crate::rope::RopeTable;
@@ -85,7 +85,7 @@ impl Attention {
         let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
 
         let dropout_active = self.attn_dropout.prob > 0.0 && q.device().is_autodiff();
-        let context = if max_logit.is_none() && !dropout_active {
+        let context = if max_logit.is_none() && !dropout_active && fused_keeps_precision(&q) {
             let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
             let s = k.dims()[2];
             attention(q, k, v, blocked.map(|m| m.clone().expand([b, h, t, s])), None, options)
@@ -118,6 +118,15 @@ impl LayerKv {
     pub fn is_empty(&self) -> bool {
         self.kv.is_none()
     }
+}
+
+/// Whether burn's fused `attention` computes at the precision of `q`'s dtype on `q`'s device.
+/// Flex computes it in the tensor's dtype. burn-cubecl (CUDA) autotunes it to flash kernels that
+/// multiply on f16 fragments whatever the dtype (burn-cubecl 0.22.1 `kernel/attention/tune.rs`;
+/// cubek-attention 0.3.1 also caps f64 at f32), so there f32 and f64 take the materialised
+/// path: exact, at O(seq²) memory. Half-precision activations lose nothing on f16 fragments.
+fn fused_keeps_precision(q: &Tensor<4>) -> bool {
+    matches!(q.dtype(), DType::BF16 | DType::F16) || q.device() == Device::flex()
 }
 
 /// Query head `i` reads key/value head `i / rep`, as HF's `repeat_kv`.

@@ -2,7 +2,8 @@
 # The GPU checks of the README ("Devices and CUDA"), in order of importance, each under its own
 # time limit, with a prebuilt CUDA binary of xtask:
 #   1. device-check: logits on the GPU against the CPU's (f32, target 1e-3; f64; explicit and
-#      fused attention); f32 and bf16 training lower the loss;
+#      fused attention; cached decoding), VQ latents and codes; f32 and bf16 training lower
+#      the loss;
 #   2. experiments/gpu-350m.toml for a few steps (tokens/s and MFU in its metrics);
 #   3. cargo xtask bench on the GPU, side by side with PyTorch when PYTHON has torch.
 # Usage: BIN=path/to/xtask OUT=dir PYTHON=python3 bench/gpu_check.sh

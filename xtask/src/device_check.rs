@@ -1,6 +1,7 @@
 //! `cargo xtask device-check --device cuda`: is a device's arithmetic right? The same weights
-//! give the same logits on the device as on the CPU, and the trainer's step lowers the loss there
-//! in f32 and in bf16 mixed precision.
+//! give the same logits on the device as on the CPU (full forward and cached decoding), the same
+//! VQ latents and codes, and the trainer's step lowers the loss there in f32 and in bf16 mixed
+//! precision.
 //!
 //! Logits are compared twice, over the full 512-token context (RoPE's angles grow with the
 //! position, and so does any error in them). In f64 (parameters and activations; norm statistics
@@ -13,8 +14,8 @@ use anyhow::{Result, bail};
 use burn::module::Module;
 use burn::tensor::FloatDType;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use chameleon_model::{Precision, cast_params};
-use chameleon_train::bench::{TrainStep, bench_model};
+use chameleon_model::{KvCache, Precision, cast_params};
+use chameleon_train::bench::{TrainStep, bench_model, bench_vq};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -100,7 +101,74 @@ pub fn run(spec: &str, steps: usize) -> Result<()> {
         }
     }
 
-    // 2. The trainer's step on one fixed batch: the loss must fall (it memorises the batch).
+    // 2. Generation's path: a prefill, then one token at a time from the KV cache (RoPE at an
+    //    offset, the cache's concatenation, single-query attention), against the CPU's full
+    //    forward at the same positions.
+    {
+        let config = bench_model(true);
+        cpu.seed(7);
+        let model = config.init(&cpu);
+        let (t, prefill) = (config.max_seq_len, config.max_seq_len - 16);
+        let mut rng = StdRng::seed_from_u64(8);
+        let ids: Vec<i64> = (0..t).map(|_| rng.random_range(7..config.vocab_size as i64)).collect();
+        let tokens = |range: std::ops::Range<usize>, d: &Device| {
+            Tensor::<2, Int>::from_data(TensorData::new(ids[range.clone()].to_vec(), [1, range.len()]), d)
+        };
+        let expected = read(model.forward(tokens(0..t, &cpu)))?;
+        let on_device = model.to_device(&device);
+        let mut cache = KvCache::new(&on_device);
+        let mut got = read(on_device.forward_cached(tokens(0..prefill, &device), &mut cache))?;
+        for p in prefill..t {
+            got.extend(read(on_device.forward_cached(tokens(p..p + 1, &device), &mut cache))?);
+        }
+        let diff = max_abs_diff(&expected, &got);
+        let verdict = if diff <= F32_TARGET {
+            "ok (within 1e-3)"
+        } else if diff <= F32_LIMIT {
+            "above the 1e-3 target"
+        } else {
+            "FAIL"
+        };
+        println!(
+            "decoding f32 {spec} (prefill {prefill}, then {} cached steps) vs cpu full forward: max |diff| {diff:.2e} -> {verdict}",
+            t - prefill
+        );
+        if diff > F32_LIMIT {
+            failed.push(format!("cached decoding differs by {diff:.2e} > {F32_LIMIT:e}"));
+        }
+    }
+
+    // 3. The image tokenizer (P3's VQ): the encoder's latent and the codes of the same images.
+    //    Codes are an argmin, so a near-tie may flip under TF32: their agreement is reported;
+    //    the continuous latent is what is judged.
+    {
+        cpu.seed(7);
+        let vq = bench_vq().init(&cpu);
+        let r = vq.config.resolution;
+        let mut rng = StdRng::seed_from_u64(9);
+        let pixels: Vec<f32> = (0..8 * 3 * r * r).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let images = |d: &Device| Tensor::<4>::from_data(TensorData::new(pixels.clone(), [8, 3, r, r]), d);
+        let on_device = vq.clone().to_device(&device);
+        let latent = |t: Tensor<4>| -> Result<Vec<f64>> { Ok(t.into_data().convert::<f64>().try_to_vec::<f64>()?) };
+        let want = latent(vq.latent(images(&cpu)))?;
+        let got = latent(on_device.latent(images(&device)))?;
+        let scale = want.iter().fold(0.0f64, |a, x| a.max(x.abs()));
+        let rel = max_diff_rel(&want, &got, scale);
+        let codes = |t: Tensor<2, Int>| -> Result<Vec<i64>> { Ok(t.into_data().convert::<i64>().try_to_vec::<i64>()?) };
+        let (a, b) = (codes(vq.encode(images(&cpu)))?, codes(on_device.encode(images(&device)))?);
+        let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();
+        let ok = rel <= F32_LIMIT;
+        println!(
+            "vq encode f32 {spec} vs cpu: latent max |diff| / max |value| = {rel:.2e}, codes equal {same}/{} -> {}",
+            a.len(),
+            if ok { "ok" } else { "FAIL" }
+        );
+        if !ok {
+            failed.push(format!("VQ latents differ by {rel:.2e} of their largest value > {F32_LIMIT:e}"));
+        }
+    }
+
+    // 4. The trainer's step on one fixed batch: the loss must fall (it memorises the batch).
     for precision in [Precision::F32, Precision::Bf16] {
         if !precision.supported_on(&device) {
             println!("train step {precision}: not supported on {spec}");
@@ -123,4 +191,15 @@ pub fn run(spec: &str, steps: usize) -> Result<()> {
     }
     println!("{spec}: all checks passed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    /// The CPU against itself: every comparison must come out within its limit (cached decoding
+    /// against the full forward is the one that is not trivially exact), and both precisions'
+    /// training must lower the loss.
+    #[test]
+    fn every_check_passes_on_the_cpu() {
+        super::run("cpu", 3).unwrap();
+    }
 }

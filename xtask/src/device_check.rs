@@ -34,7 +34,7 @@ fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
-fn read(t: Tensor<3>) -> Result<Vec<f64>> {
+fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f64>> {
     Ok(t.into_data().convert::<f64>().try_to_vec::<f64>()?)
 }
 
@@ -51,8 +51,8 @@ pub fn run(spec: &str, steps: usize) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(1);
     let values: Vec<f32> = (0..256 * 256).map(|_| rng.random_range(-1.0..1.0)).collect();
     let m = |d: &Device| Tensor::<2>::from_data(TensorData::new(values.clone(), [256, 256]), d);
-    let want = m(&cpu).matmul(m(&cpu)).into_data().convert::<f64>().try_to_vec::<f64>()?;
-    let got = m(&device).matmul(m(&device)).into_data().convert::<f64>().try_to_vec::<f64>()?;
+    let want = read(m(&cpu).matmul(m(&cpu)))?;
+    let got = read(m(&device).matmul(m(&device)))?;
     let scale = want.iter().fold(0.0f64, |a, x| a.max(x.abs()));
     println!("f32 matmul 256x256 {spec} vs cpu: max |diff| / max |value| = {:.2e}", max_diff_rel(&want, &got, scale));
 
@@ -149,9 +149,8 @@ pub fn run(spec: &str, steps: usize) -> Result<()> {
         let pixels: Vec<f32> = (0..8 * 3 * r * r).map(|_| rng.random_range(-1.0..1.0)).collect();
         let images = |d: &Device| Tensor::<4>::from_data(TensorData::new(pixels.clone(), [8, 3, r, r]), d);
         let on_device = vq.clone().to_device(&device);
-        let latent = |t: Tensor<4>| -> Result<Vec<f64>> { Ok(t.into_data().convert::<f64>().try_to_vec::<f64>()?) };
-        let want = latent(vq.latent(images(&cpu)))?;
-        let got = latent(on_device.latent(images(&device)))?;
+        let want = read(vq.latent(images(&cpu)))?;
+        let got = read(on_device.latent(images(&device)))?;
         let scale = want.iter().fold(0.0f64, |a, x| a.max(x.abs()));
         let rel = max_diff_rel(&want, &got, scale);
         let codes = |t: Tensor<2, Int>| -> Result<Vec<i64>> { Ok(t.into_data().convert::<i64>().try_to_vec::<i64>()?) };

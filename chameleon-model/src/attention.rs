@@ -120,13 +120,15 @@ impl LayerKv {
     }
 }
 
-/// Whether burn's fused `attention` computes at the precision of `q`'s dtype on `q`'s device.
-/// Flex computes it in the tensor's dtype. burn-cubecl (CUDA) autotunes it to flash kernels that
-/// multiply on f16 fragments whatever the dtype (burn-cubecl 0.22.1 `kernel/attention/tune.rs`;
-/// cubek-attention 0.3.1 also caps f64 at f32), so there f32 and f64 take the materialised
-/// path: exact, at O(seq²) memory. Half-precision activations lose nothing on f16 fragments.
+/// Whether burn's fused `attention` keeps the precision of `q`'s dtype on `q`'s device. Flex
+/// computes it in the tensor's dtype. burn-cubecl (CUDA) autotunes it to flash kernels that
+/// multiply on f16 fragments whatever the dtype (burn-cubecl 0.22.1 `kernel/attention/tune.rs`)
+/// and cap f64 at f32 (cubek-attention 0.3.1 `AttentionElems`). For f32 that costs little: its
+/// matmuls run on TF32 there anyway, with f16's 10-bit mantissa; f16's narrower range (±65504)
+/// is the difference, and q, k, v and the probabilities sit far inside it. For f64 it would be
+/// a silent downgrade, so f64 there takes the materialised path (exact, at O(seq²) memory).
 fn fused_keeps_precision(q: &Tensor<4>) -> bool {
-    matches!(q.dtype(), DType::BF16 | DType::F16) || q.device() == Device::flex()
+    q.dtype() != DType::F64 || q.device() == Device::flex()
 }
 
 /// Query head `i` reads key/value head `i / rep`, as HF's `repeat_kv`.

@@ -26,6 +26,10 @@ pub struct Chameleon {
     /// The config the model was built from.
     #[module(skip)]
     pub config: ChameleonConfig,
+    /// The dtype the layers compute in, where it is not the embedding table's: mixed precision
+    /// keeps the table f32 and casts the gathered rows (see `Precision::compute_copy`).
+    #[module(skip)]
+    pub compute_dtype: Option<FloatDType>,
 }
 
 /// Stability probes of one forward pass (see [`Chameleon::forward_diagnosed`]).
@@ -104,6 +108,7 @@ impl ChameleonConfig {
             norm: RmsNorm::new(d, self.norm_eps, device),
             lm_head: linear(d, self.vocab_size, false),
             config: self.clone(),
+            compute_dtype: None,
         }
     }
 }
@@ -171,6 +176,9 @@ impl Chameleon {
         let start = cache.as_ref().map_or(0, |c| c.len());
         let rope = RopeTable::new(self.config.rope_theta, self.config.head_dim(), start, t, &tokens.device());
         let mut x = self.embed_tokens.forward(tokens);
+        if let Some(dtype) = self.compute_dtype {
+            x = x.cast(dtype);
+        }
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
             x = layer.forward(x, &rope, layer_cache, probe.as_deref_mut(), blocked);

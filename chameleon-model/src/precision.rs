@@ -1,7 +1,8 @@
 //! Compute precision. Parameters (and so AdamW's moments) stay f32; under `bf16` each step
 //! runs on a bf16 copy made by a differentiable cast, so gradients flow back to the f32
 //! masters. Activations, the residual stream included, are then bf16 (PyTorch's autocast keeps
-//! the residual stream in f32); norm statistics, softmax cross-entropy and `log Z` are f32.
+//! the residual stream in f32); the embedding table, norm statistics, softmax cross-entropy and
+//! `log Z` are f32.
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{DType, Device, FloatDType, Tensor};
@@ -36,11 +37,18 @@ impl Precision {
 
     /// The model to run a step with: the model itself for f32; for bf16 a copy whose parameters
     /// are casts of the f32 ones (same ids, attached to the graph, so the gradients computed
-    /// through the copy land on the originals).
+    /// through the copy land on the originals). The embedding table stays f32, as under
+    /// PyTorch's autocast: its gradient is a scatter-add of one row per token, which in bf16
+    /// stops growing once a frequent token's row holds 256 times one position's share.
     pub fn compute_copy(self, model: &Chameleon) -> Chameleon {
         match self {
             Self::F32 => model.clone(),
-            Self::Bf16 => cast_params(model.clone(), FloatDType::BF16),
+            Self::Bf16 => {
+                let mut copy = cast_params(model.clone(), FloatDType::BF16);
+                copy.embed_tokens = model.embed_tokens.clone();
+                copy.compute_dtype = Some(FloatDType::BF16);
+                copy
+            }
         }
     }
 }
@@ -72,7 +80,7 @@ impl ModuleMapper for CastParams {
 #[cfg(test)]
 mod tests {
     use burn::module::{ModuleVisitor, Param};
-    use burn::tensor::{Int, Tensor};
+    use burn::tensor::{Int, Tensor, TensorData};
 
     use super::*;
     use crate::{ChameleonConfig, NormPlacement};
@@ -110,5 +118,24 @@ mod tests {
         model.visit(&mut seen);
         assert!(!seen.1.is_empty());
         assert!(seen.1.iter().all(|g| *g == Some(DType::F32)), "{:?}", seen.1);
+    }
+
+    #[test]
+    fn bf16_embedding_gradient_of_a_frequent_token_is_summed_in_f32() {
+        // One token at all 1024 positions: its embedding row's gradient sums 1024 terms.
+        let device = Device::flex().autodiff();
+        device.seed(5);
+        let model = ChameleonConfig::new(64, 32, 2, 2).with_max_seq_len(1024).init(&device);
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(vec![5i64; 1024], [1, 1024]), &device);
+        let row = |m: &Chameleon| -> Vec<f32> {
+            let grads = m.forward(tokens.clone()).cast(FloatDType::F32).sum().backward();
+            let g = model.embed_tokens.weight.grad(&grads).expect("the master gets the gradient");
+            assert_eq!(g.dtype(), DType::F32);
+            g.slice([5..6]).into_data().to_vec::<f32>().unwrap()
+        };
+        let (exact, mixed) = (row(&model), row(&Precision::Bf16.compute_copy(&model)));
+        let scale = exact.iter().fold(0.0f32, |a, x| a.max(x.abs()));
+        let diff = exact.iter().zip(&mixed).fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+        assert!(diff < 0.05 * scale, "bf16 row gradient differs by {diff} (largest {scale})");
     }
 }

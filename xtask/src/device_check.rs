@@ -4,8 +4,9 @@
 //! precision.
 //!
 //! Logits are compared twice, over the full 512-token context (RoPE's angles grow with the
-//! position, and so does any error in them). In f64 (parameters and activations; norm statistics
-//! and the RoPE table stay f32) a wrong kernel shows at once: the tolerance is 1e-4. In f32 the
+//! position, and so does any error in them). In f64 (parameters and activations; the norms and
+//! the RoPE table compute in f32, the same steps on both sides, and burn-cubecl's sigmoid rounds
+//! through f32: about 1e-6 in all) a wrong kernel shows at once: the tolerance is 1e-4. In f32 the
 //! target is 1e-3, but cubecl runs f32 matmuls on TF32 tensor cores where the GPU has them
 //! (10-bit mantissa, no switch in burn 0.22), so the check reports whether 1e-3 is met and fails
 //! only beyond 2e-2; a plain f32 matmul against the CPU's shows the TF32 error on its own.
@@ -83,8 +84,8 @@ pub fn run(spec: &str, steps: usize) -> Result<()> {
             failed.push(format!("f32 logits differ by {diff:.2e} > {F32_LIMIT:e}"));
         }
         // The explicit attention path (the one the stability probes take) instead of the fused
-        // kernel: separates an attention kernel's error from the rest. (On cubecl, f32 and f64
-        // already take it: its flash kernels multiply on f16 fragments; see attention.rs.)
+        // kernel: separates an attention kernel's error from the rest. (On cubecl, f64 already
+        // takes it: the flash kernels multiply on f16 fragments; see attention.rs.)
         let (explicit, _) = on_device.forward_diagnosed(tokens(&device));
         let diff = max_abs_diff(&expected, &read(explicit)?);
         println!("logits f32 {spec} vs cpu ({name}), explicit attention: max |diff| {diff:.2e}");

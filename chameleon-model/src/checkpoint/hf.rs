@@ -262,6 +262,7 @@ impl Loader<'_> {
             norm: self.rms("model.norm", d, c.norm_eps)?,
             lm_head,
             config: c.clone(),
+            compute_dtype: None,
         })
     }
 }

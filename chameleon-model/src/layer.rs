@@ -2,7 +2,7 @@
 
 use burn::module::Module;
 use burn::nn::Dropout;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Bool, FloatDType, Tensor};
 
 use crate::attention::{Attention, LayerKv};
 use crate::config::NormPlacement;
@@ -36,11 +36,14 @@ pub(crate) struct Probe {
 }
 
 impl DecoderLayer {
-    /// `x`: `[batch, seq, d_model]`.
+    /// `x`: `[batch, seq, d_model]`, the residual stream. With `compute` (mixed precision) the
+    /// attention and the FFN run in that dtype and their outputs return to the stream's dtype
+    /// before the norms and the residual adds, as under PyTorch's autocast.
     pub(crate) fn forward(
         &self,
         x: Tensor<3>,
         rope: &RopeTable,
+        compute: Option<FloatDType>,
         cache: Option<&mut LayerKv>,
         probe: Option<&mut Probe>,
         blocked: Option<&Tensor<4, Bool>>,
@@ -49,25 +52,61 @@ impl DecoderLayer {
             Some(p) => (Some(&mut p.max_attn_logit), Some(&mut p.output_rms)),
             None => (None, None),
         };
+        let stream = x.dtype();
+        let c = |t: Tensor<3>| cast_to(t, compute);
         let out = match self.norm_placement {
             NormPlacement::PreNorm => {
-                let a =
-                    self.self_attn.forward(self.input_layernorm.forward(x.clone()), rope, cache, max_logit, blocked);
+                let normed = c(self.input_layernorm.forward(x.clone()));
+                let a = self.self_attn.forward(normed, rope, cache, max_logit, blocked).cast(stream);
                 let h = x + self.resid_dropout.forward(a);
-                let f = self.mlp.forward(self.post_attention_layernorm.forward(h.clone()));
+                let f = self.mlp.forward(c(self.post_attention_layernorm.forward(h.clone()))).cast(stream);
                 h + self.resid_dropout.forward(f)
             }
             NormPlacement::Reordered => {
-                let a =
-                    self.input_layernorm.forward(self.self_attn.forward(x.clone(), rope, cache, max_logit, blocked));
-                let h = x + self.resid_dropout.forward(a);
-                let f = self.post_attention_layernorm.forward(self.mlp.forward(h.clone()));
-                h + self.resid_dropout.forward(f)
+                let a = self.self_attn.forward(c(x.clone()), rope, cache, max_logit, blocked).cast(stream);
+                let h = x + self.resid_dropout.forward(self.input_layernorm.forward(a));
+                let f = self.mlp.forward(c(h.clone())).cast(stream);
+                h + self.resid_dropout.forward(self.post_attention_layernorm.forward(f))
             }
         };
         if let Some(rms) = rms {
             rms.push(out.clone().detach().square().mean().sqrt());
         }
         out
+    }
+}
+
+/// `t` in `dtype` when one is given (mixed precision), else unchanged.
+pub(crate) fn cast_to<const D: usize>(t: Tensor<D>, dtype: Option<FloatDType>) -> Tensor<D> {
+    match dtype {
+        Some(dtype) => t.cast(dtype),
+        None => t,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ChameleonConfig, Precision};
+    use burn::tensor::{DType, Device, Distribution};
+
+    #[test]
+    fn under_bf16_compute_the_residual_stream_keeps_f32_updates() {
+        // A stream of magnitude ~1000: bf16 spaces such values 4 to 8 apart, more than a layer's
+        // update at init. Kept in f32, the update survives with bf16 compute's error alone.
+        let device = Device::flex();
+        device.seed(11);
+        let config = ChameleonConfig::new(64, 32, 1, 2).with_norm_placement(NormPlacement::PreNorm);
+        let model = config.init(&device);
+        let copy = Precision::Bf16.compute_copy(&model);
+        let rope = RopeTable::new(config.rope_theta, config.head_dim(), 0, 16, &device);
+        let x = Tensor::<3>::random([2, 16, 32], Distribution::Uniform(-1000.0, 1000.0), &device);
+        let exact = model.layers[0].forward(x.clone(), &rope, None, None, None, None) - x.clone();
+        let out = copy.layers[0].forward(x.clone(), &rope, Some(FloatDType::BF16), None, None, None);
+        assert_eq!(out.dtype(), DType::F32, "the stream stays f32");
+        let mixed = out - x;
+        let scale = exact.clone().abs().max().into_scalar::<f32>();
+        let diff = (mixed - exact).abs().max().into_scalar::<f32>();
+        assert!(diff < 0.05 * scale, "the layer's update differs by {diff} (largest {scale})");
     }
 }

@@ -6,7 +6,7 @@ use burn::tensor::{Bool, Device, FloatDType, Int, Tensor};
 
 use crate::attention::{Attention, LayerKv};
 use crate::config::ChameleonConfig;
-use crate::layer::{DecoderLayer, Probe};
+use crate::layer::{DecoderLayer, Probe, cast_to};
 use crate::mlp::Mlp;
 use crate::norm::{HeadLayerNorm, RmsNorm};
 use crate::rope::RopeTable;
@@ -26,8 +26,8 @@ pub struct Chameleon {
     /// The config the model was built from.
     #[module(skip)]
     pub config: ChameleonConfig,
-    /// The dtype the layers compute in, where it is not the embedding table's: mixed precision
-    /// keeps the table f32 and casts the gathered rows (see `Precision::compute_copy`).
+    /// The dtype of the matmuls where it is not the residual stream's: mixed precision keeps the
+    /// embedding table and the residual stream f32 (see `Precision::compute_copy`).
     #[module(skip)]
     pub compute_dtype: Option<FloatDType>,
 }
@@ -175,15 +175,13 @@ impl Chameleon {
         let [_, t] = tokens.dims();
         let start = cache.as_ref().map_or(0, |c| c.len());
         let rope = RopeTable::new(self.config.rope_theta, self.config.head_dim(), start, t, &tokens.device());
+        // The residual stream takes the embedding table's dtype (f32 under mixed precision).
         let mut x = self.embed_tokens.forward(tokens);
-        if let Some(dtype) = self.compute_dtype {
-            x = x.cast(dtype);
-        }
         for (i, layer) in self.layers.iter().enumerate() {
             let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
-            x = layer.forward(x, &rope, layer_cache, probe.as_deref_mut(), blocked);
+            x = layer.forward(x, &rope, self.compute_dtype, layer_cache, probe.as_deref_mut(), blocked);
         }
-        self.lm_head.forward(self.norm.forward(x))
+        self.lm_head.forward(cast_to(self.norm.forward(x), self.compute_dtype))
     }
 }
 

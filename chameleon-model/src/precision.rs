@@ -1,8 +1,7 @@
 //! Compute precision. Parameters (and so AdamW's moments) stay f32; under `bf16` each step
 //! runs on a bf16 copy made by a differentiable cast, so gradients flow back to the f32
-//! masters. Activations, the residual stream included, are then bf16 (PyTorch's autocast keeps
-//! the residual stream in f32); the embedding table, norm statistics, softmax cross-entropy and
-//! `log Z` are f32.
+//! masters. The matmuls, attention and the FFN compute in bf16; as under PyTorch's autocast, the
+//! embedding table, the residual stream, the norms, softmax cross-entropy and `log Z` are f32.
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{DType, Device, FloatDType, Tensor};
@@ -39,7 +38,8 @@ impl Precision {
     /// are casts of the f32 ones (same ids, attached to the graph, so the gradients computed
     /// through the copy land on the originals). The embedding table stays f32, as under
     /// PyTorch's autocast: its gradient is a scatter-add of one row per token, which in bf16
-    /// stops growing once a frequent token's row holds 256 times one position's share.
+    /// stops growing once a frequent token's row holds 256 times one position's share. So does
+    /// the residual stream it starts (see `DecoderLayer::forward`).
     pub fn compute_copy(self, model: &Chameleon) -> Chameleon {
         match self {
             Self::F32 => model.clone(),

@@ -36,9 +36,9 @@ pub struct TrainConfig {
     /// and reads back to the host per micro-batch); 1 probes every step. The first and last steps
     /// of the schedule are always probed.
     pub probe_every: usize,
-    /// Compute precision: `f32`, or `bf16`: the forward and backward in bf16 (activations and
-    /// the residual stream included) on f32 master weights and f32 AdamW state; norm statistics,
-    /// cross-entropy and `log Z` in f32.
+    /// Compute precision: `f32`, or `bf16`: matmuls, attention and the FFN in bf16 on f32 master
+    /// weights and f32 AdamW state; as under PyTorch's autocast, the embedding table, the
+    /// residual stream, the norms, cross-entropy and `log Z` in f32.
     pub precision: Precision,
     /// Packed documents attend only to themselves (a block-diagonal causal mask from the `bos`
     /// that opens each): SFT packs several prompt/answer pairs per row, and a pair's answer must

@@ -121,9 +121,10 @@ impl LayerKv {
 }
 
 /// Whether burn's fused `attention` keeps the precision of `q`'s dtype on `q`'s device. Flex
-/// computes it in the tensor's dtype. burn-cubecl (CUDA) autotunes it to flash kernels that
-/// multiply on f16 fragments whatever the dtype (burn-cubecl 0.22.1 `kernel/attention/tune.rs`)
-/// and cap f64 at f32 (cubek-attention 0.3.1 `AttentionElems`). For f32 that costs little: its
+/// computes it in the tensor's dtype. burn-cubecl (CUDA) autotunes it, for all but short
+/// queries, to flash kernels that multiply on f16 fragments whatever the dtype (burn-cubecl
+/// 0.22.1 `kernel/attention/tune.rs`), or whose unit variant caps f64 at f32 (cubek-attention
+/// 0.3.1 `AttentionElems`). For f32 that costs little: its
 /// matmuls run on TF32 there anyway, with f16's 10-bit mantissa; f16's narrower range (±65504)
 /// is the difference, and q, k, v and the probabilities sit far inside it. For f64 it would be
 /// a silent downgrade, so f64 there takes the materialised path (exact, at O(seq²) memory).

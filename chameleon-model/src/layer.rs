@@ -92,8 +92,9 @@ mod tests {
 
     #[test]
     fn under_bf16_compute_the_residual_stream_keeps_f32_updates() {
-        // A stream of magnitude ~1000: bf16 spaces such values 4 to 8 apart, more than a layer's
-        // update at init. Kept in f32, the update survives with bf16 compute's error alone.
+        // A stream of magnitude up to 1000: bf16 spaces values above 256 2 to 4 apart, far more
+        // than a layer's update at init. Kept in f32, the update survives with bf16 compute's
+        // error alone.
         let device = Device::flex();
         device.seed(11);
         let config = ChameleonConfig::new(64, 32, 1, 2).with_norm_placement(NormPlacement::PreNorm);

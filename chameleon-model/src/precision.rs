@@ -44,8 +44,18 @@ impl Precision {
         match self {
             Self::F32 => model.clone(),
             Self::Bf16 => {
+                // Cast everything (in field order, which is also the order lazily initialised
+                // parameters take their seeded values), then put back what autocast keeps f32:
+                // the embedding table and the norms' gains and shifts.
                 let mut copy = cast_params(model.clone(), FloatDType::BF16);
                 copy.embed_tokens = model.embed_tokens.clone();
+                copy.norm = model.norm.clone();
+                for (c, m) in copy.layers.iter_mut().zip(&model.layers) {
+                    c.input_layernorm = m.input_layernorm.clone();
+                    c.post_attention_layernorm = m.post_attention_layernorm.clone();
+                    c.self_attn.q_norm = m.self_attn.q_norm.clone();
+                    c.self_attn.k_norm = m.self_attn.k_norm.clone();
+                }
                 copy.compute_dtype = Some(FloatDType::BF16);
                 copy
             }
@@ -53,10 +63,13 @@ impl Precision {
     }
 }
 
-/// The model with every parameter cast to `dtype` (differentiably; ids kept). Norm statistics,
-/// `log Z` and the losses stay f32 whatever the parameters' dtype.
+/// The model with every parameter cast to `dtype` (differentiably; ids kept), computing in
+/// `dtype` throughout. Norm statistics, `log Z` and the losses stay f32 whatever the
+/// parameters' dtype.
 pub fn cast_params(model: Chameleon, dtype: FloatDType) -> Chameleon {
-    model.map(&mut CastParams(dtype))
+    let mut cast = model.map(&mut CastParams(dtype));
+    cast.compute_dtype = None;
+    cast
 }
 
 impl std::fmt::Display for Precision {

@@ -29,7 +29,7 @@ step() {
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
-step device-check 90 "$BIN" --device cuda device-check --steps 30
+step device-check 150 "$BIN" --device cuda device-check --steps 30
 step train-350m 180 "$BIN" --device cuda train --config experiments/gpu-350m.toml \
   --run-dir "$OUT/gpu-350m" --max-steps "$STEPS_350M" --checkpoint-every 1000000
 if [ -f "$OUT/gpu-350m/metrics.jsonl" ]; then

@@ -1,7 +1,7 @@
 //! `cargo xtask device-check --device cuda`: is a device's arithmetic right? The same weights
-//! give the same logits on the device as on the CPU (full forward and cached decoding), the same
-//! VQ latents and codes, and the trainer's step lowers the loss there in f32 and in bf16 mixed
-//! precision.
+//! give the same logits on the device as on the CPU (full forward in f32, f64 and bf16 mixed
+//! precision, and cached decoding), the same VQ latents and codes, and the trainer's step lowers
+//! the loss there in f32 and in bf16 mixed precision.
 //!
 //! Logits are compared twice, over the full 512-token context (RoPE's angles grow with the
 //! position, and so does any error in them). In f64 (parameters and activations; the norms and
@@ -26,6 +26,9 @@ const F32_TARGET: f64 = 1e-3;
 const F32_LIMIT: f64 = 2e-2;
 /// f64 logits (with f32 norm statistics) may differ by at most this much.
 const F64_LIMIT: f64 = 1e-4;
+/// bf16 logits on the device may differ from the CPU's bf16 by this many times bf16's own error
+/// (the CPU's bf16 against its f32): both round the same ops to 8 bits, in different orders.
+const BF16_FACTOR: f64 = 4.0;
 
 fn max_diff_rel(a: &[f64], b: &[f64], scale: f64) -> f64 {
     max_abs_diff(a, b) / scale.max(f64::MIN_POSITIVE)
@@ -89,6 +92,24 @@ pub fn run(spec: &str, steps: usize) -> Result<()> {
         let (explicit, _) = on_device.forward_diagnosed(tokens(&device));
         let diff = max_abs_diff(&expected, &read(explicit)?);
         println!("logits f32 {spec} vs cpu ({name}), explicit attention: max |diff| {diff:.2e}");
+        // bf16 mixed precision (the trainer's compute copy): the device's bf16 against the
+        // CPU's, judged by how far bf16 itself is from f32 on the CPU.
+        if Precision::Bf16.supported_on(&device) {
+            let mixed = Precision::Bf16.compute_copy(&model);
+            let on_cpu = read(mixed.forward(tokens(&cpu)))?;
+            let bf16_error = max_abs_diff(&expected, &on_cpu);
+            let diff = max_abs_diff(&on_cpu, &read(mixed.to_device(&device).forward(tokens(&device)))?);
+            let ok = diff <= BF16_FACTOR * bf16_error;
+            println!(
+                "logits bf16 {spec} vs cpu ({name}): max |diff| {diff:.2e} (bf16 vs f32 on the cpu: {bf16_error:.2e}) -> {}",
+                if ok { "ok" } else { "FAIL" }
+            );
+            if !ok {
+                failed.push(format!(
+                    "bf16 logits differ by {diff:.2e}, more than {BF16_FACTOR}x bf16's own error ({bf16_error:.2e})"
+                ));
+            }
+        }
         if device.supports_dtype(burn::tensor::DType::F64) {
             let wide = cast_params(model, FloatDType::F64);
             let expected = read(wide.forward(tokens(&cpu)))?;

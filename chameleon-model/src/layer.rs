@@ -8,6 +8,7 @@ use crate::attention::{Attention, LayerKv};
 use crate::config::NormPlacement;
 use crate::mlp::Mlp;
 use crate::norm::RmsNorm;
+use crate::precision::cast_to;
 use crate::rope::RopeTable;
 
 /// A decoder layer; field names follow the HF checkpoint (`model.layers.N.*`).
@@ -73,14 +74,6 @@ impl DecoderLayer {
             rms.push(out.clone().detach().square().mean().sqrt());
         }
         out
-    }
-}
-
-/// `t` in `dtype` when one is given (mixed precision), else unchanged.
-pub(crate) fn cast_to<const D: usize>(t: Tensor<D>, dtype: Option<FloatDType>) -> Tensor<D> {
-    match dtype {
-        Some(dtype) => t.cast(dtype),
-        None => t,
     }
 }
 

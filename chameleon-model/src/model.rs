@@ -6,9 +6,10 @@ use burn::tensor::{Bool, Device, FloatDType, Int, Tensor};
 
 use crate::attention::{Attention, LayerKv};
 use crate::config::ChameleonConfig;
-use crate::layer::{DecoderLayer, Probe, cast_to};
+use crate::layer::{DecoderLayer, Probe};
 use crate::mlp::Mlp;
 use crate::norm::{HeadLayerNorm, RmsNorm};
+use crate::precision::cast_to;
 use crate::rope::RopeTable;
 
 /// The transformer. Field names follow the HF checkpoint, so import is a prefix away:

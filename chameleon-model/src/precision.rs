@@ -34,28 +34,17 @@ impl Precision {
         device.supports_dtype(DType::from(self.dtype()))
     }
 
-    /// The model to run a step with: the model itself for f32; for bf16 a copy whose parameters
-    /// are casts of the f32 ones (same ids, attached to the graph, so the gradients computed
-    /// through the copy land on the originals). The embedding table stays f32, as under
-    /// PyTorch's autocast: its gradient is a scatter-add of one row per token, which in bf16
-    /// stops growing once a frequent token's row holds 256 times one position's share. So does
-    /// the residual stream it starts (see `DecoderLayer::forward`).
+    /// The model to run a step with: the model itself for f32; for bf16 a copy whose `Linear`
+    /// weights are casts of the f32 ones (same ids, attached to the graph, so the gradients
+    /// computed through the copy land on the originals). The rest stays f32, as under PyTorch's
+    /// autocast: the embedding table (its gradient is a scatter-add of one row per token, which
+    /// in bf16 stops growing once a frequent token's row holds 256 times one position's share),
+    /// the residual stream it starts (see `DecoderLayer::forward`) and the norms.
     pub fn compute_copy(self, model: &Chameleon) -> Chameleon {
         match self {
             Self::F32 => model.clone(),
             Self::Bf16 => {
-                // Cast everything (in field order, which is also the order lazily initialised
-                // parameters take their seeded values), then put back what autocast keeps f32:
-                // the embedding table and the norms' gains and shifts.
-                let mut copy = cast_params(model.clone(), FloatDType::BF16);
-                copy.embed_tokens = model.embed_tokens.clone();
-                copy.norm = model.norm.clone();
-                for (c, m) in copy.layers.iter_mut().zip(&model.layers) {
-                    c.input_layernorm = m.input_layernorm.clone();
-                    c.post_attention_layernorm = m.post_attention_layernorm.clone();
-                    c.self_attn.q_norm = m.self_attn.q_norm.clone();
-                    c.self_attn.k_norm = m.self_attn.k_norm.clone();
-                }
+                let mut copy = model.clone().map(&mut CastParams::linear_only(FloatDType::BF16));
                 copy.compute_dtype = Some(FloatDType::BF16);
                 copy
             }
@@ -67,9 +56,17 @@ impl Precision {
 /// `dtype` throughout. Norm statistics, `log Z` and the losses stay f32 whatever the
 /// parameters' dtype.
 pub fn cast_params(model: Chameleon, dtype: FloatDType) -> Chameleon {
-    let mut cast = model.map(&mut CastParams(dtype));
+    let mut cast = model.map(&mut CastParams { dtype, linear_only: false, parents: Vec::new() });
     cast.compute_dtype = None;
     cast
+}
+
+/// `t` in `dtype` when one is given (mixed precision), else unchanged.
+pub(crate) fn cast_to<const D: usize>(t: Tensor<D>, dtype: Option<FloatDType>) -> Tensor<D> {
+    match dtype {
+        Some(dtype) => t.cast(dtype),
+        None => t,
+    }
 }
 
 impl std::fmt::Display for Precision {
@@ -81,12 +78,41 @@ impl std::fmt::Display for Precision {
     }
 }
 
-struct CastParams(FloatDType);
+/// Casts float parameters to `dtype`: all of them, or with `linear_only` those of `Linear`
+/// modules alone.
+struct CastParams {
+    dtype: FloatDType,
+    linear_only: bool,
+    /// The struct holding each field being mapped, innermost last ("Struct:Linear", ...).
+    parents: Vec<String>,
+}
+
+impl CastParams {
+    fn linear_only(dtype: FloatDType) -> Self {
+        Self { dtype, linear_only: true, parents: Vec::new() }
+    }
+}
 
 impl ModuleMapper for CastParams {
+    fn enter_module(&mut self, _name: &str, container_type: &str) {
+        self.parents.push(container_type.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.parents.pop();
+    }
+
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let dtype = self.0;
-        param.map(|t| t.cast(dtype))
+        if !self.linear_only || self.parents.last().is_some_and(|p| p == "Struct:Linear") {
+            let dtype = self.dtype;
+            param.map(|t| t.cast(dtype))
+        } else {
+            // Kept, but initialised here as a cast would be: lazily initialised parameters take
+            // their seeded values in this (field) order, so a fresh model's values do not
+            // depend on the precision.
+            let _ = param.val();
+            param
+        }
     }
 }
 

@@ -30,8 +30,24 @@ const F64_LIMIT: f64 = 1e-4;
 /// (the CPU's bf16 against its f32): both round the same ops to 8 bits, in different orders.
 const BF16_FACTOR: f64 = 4.0;
 
-fn max_diff_rel(a: &[f64], b: &[f64], scale: f64) -> f64 {
-    max_abs_diff(a, b) / scale.max(f64::MIN_POSITIVE)
+/// The largest difference relative to the largest magnitude in `a`.
+fn max_diff_rel(a: &[f64], b: &[f64]) -> f64 {
+    max_abs_diff(a, b) / largest_abs(a).max(f64::MIN_POSITIVE)
+}
+
+fn largest_abs(a: &[f64]) -> f64 {
+    a.iter().fold(0.0, |m, x| m.max(x.abs()))
+}
+
+/// An f32 comparison's verdict: the 1e-3 target met, missed (TF32), or failed beyond the limit.
+fn f32_verdict(diff: f64) -> &'static str {
+    if diff <= F32_TARGET {
+        "ok (within 1e-3)"
+    } else if diff <= F32_LIMIT {
+        "above the 1e-3 target"
+    } else {
+        "FAIL"
+    }
 }
 
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
@@ -57,8 +73,7 @@ pub fn run(spec: &str, steps: usize) -> Result<()> {
     let m = |d: &Device| Tensor::<2>::from_data(TensorData::new(values.clone(), [256, 256]), d);
     let want = read(m(&cpu).matmul(m(&cpu)))?;
     let got = read(m(&device).matmul(m(&device)))?;
-    let scale = want.iter().fold(0.0f64, |a, x| a.max(x.abs()));
-    println!("f32 matmul 256x256 {spec} vs cpu: max |diff| / max |value| = {:.2e}", max_diff_rel(&want, &got, scale));
+    println!("f32 matmul 256x256 {spec} vs cpu: max |diff| / max |value| = {:.2e}", max_diff_rel(&want, &got));
 
     // 1. Same weights, same tokens: logits on the CPU and on the device, in f32 and in f64.
     for fixes in [false, true] {
@@ -74,15 +89,12 @@ pub fn run(spec: &str, steps: usize) -> Result<()> {
         let on_device = model.clone().to_device(&device);
         let got = read(on_device.forward(tokens(&device)))?;
         let diff = max_abs_diff(&expected, &got);
-        let scale = expected.iter().fold(0.0f64, |a, x| a.max(x.abs()));
-        let verdict = if diff <= F32_TARGET {
-            "ok (within 1e-3)"
-        } else if diff <= F32_LIMIT {
-            "above the 1e-3 target (see the f64 line: TF32 alone would vanish there)"
-        } else {
-            "FAIL"
-        };
-        println!("logits f32 {spec} vs cpu ({name}): max |diff| {diff:.2e} (largest logit {scale:.2}) -> {verdict}");
+        let scale = largest_abs(&expected);
+        let hint = if diff > F32_TARGET { " (see the f64 line: TF32 alone would vanish there)" } else { "" };
+        println!(
+            "logits f32 {spec} vs cpu ({name}): max |diff| {diff:.2e} (largest logit {scale:.2}) -> {}{hint}",
+            f32_verdict(diff)
+        );
         if diff > F32_LIMIT {
             failed.push(format!("f32 logits differ by {diff:.2e} > {F32_LIMIT:e}"));
         }
@@ -144,16 +156,10 @@ pub fn run(spec: &str, steps: usize) -> Result<()> {
             got.extend(read(on_device.forward_cached(tokens(p..p + 1, &device), &mut cache))?);
         }
         let diff = max_abs_diff(&expected, &got);
-        let verdict = if diff <= F32_TARGET {
-            "ok (within 1e-3)"
-        } else if diff <= F32_LIMIT {
-            "above the 1e-3 target"
-        } else {
-            "FAIL"
-        };
         println!(
-            "decoding f32 {spec} (prefill {prefill}, then {} cached steps) vs cpu full forward: max |diff| {diff:.2e} -> {verdict}",
-            t - prefill
+            "decoding f32 {spec} (prefill {prefill}, then {} cached steps) vs cpu full forward: max |diff| {diff:.2e} -> {}",
+            t - prefill,
+            f32_verdict(diff)
         );
         if diff > F32_LIMIT {
             failed.push(format!("cached decoding differs by {diff:.2e} > {F32_LIMIT:e}"));
@@ -173,8 +179,7 @@ pub fn run(spec: &str, steps: usize) -> Result<()> {
         let on_device = vq.clone().to_device(&device);
         let want = read(vq.latent(images(&cpu)))?;
         let got = read(on_device.latent(images(&device)))?;
-        let scale = want.iter().fold(0.0f64, |a, x| a.max(x.abs()));
-        let rel = max_diff_rel(&want, &got, scale);
+        let rel = max_diff_rel(&want, &got);
         let codes = |t: Tensor<2, Int>| -> Result<Vec<i64>> { Ok(t.into_data().convert::<i64>().try_to_vec::<i64>()?) };
         let (a, b) = (codes(vq.encode(images(&cpu)))?, codes(on_device.encode(images(&device)))?);
         let same = a.iter().zip(&b).filter(|(x, y)| x == y).count();

@@ -3,7 +3,7 @@
 # time limit, with a prebuilt CUDA binary of xtask:
 #   1. device-check: logits on the GPU against the CPU's (f32, target 1e-3; f64; explicit and
 #      fused attention; cached decoding), VQ latents and codes; f32 and bf16 training lower
-#      the loss;
+#      the loss; with several GPUs, data-parallel training against one GPU;
 #   2. experiments/gpu-350m.toml for a few steps (tokens/s and MFU in its metrics);
 #   3. cargo xtask bench on the GPU, side by side with PyTorch when PYTHON has torch.
 # Usage: BIN=path/to/xtask OUT=dir PYTHON=python3 bench/gpu_check.sh
@@ -29,7 +29,12 @@ step() {
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
-step device-check 150 "$BIN" --device cuda device-check --steps 30
+# With several GPUs, device-check also trains data-parallel across all of them (NCCL and the
+# main thread's sum) against one GPU.
+GPUS=$(nvidia-smi --list-gpus | wc -l)
+DEVICES=cuda
+[ "$GPUS" -gt 1 ] && DEVICES=$(seq -s, -f 'cuda:%g' 0 $((GPUS - 1)))
+step device-check 150 "$BIN" --device "$DEVICES" device-check --steps 30
 step train-350m 180 "$BIN" --device cuda train --config experiments/gpu-350m.toml \
   --run-dir "$OUT/gpu-350m" --max-steps "$STEPS_350M" --checkpoint-every 1000000
 if [ -f "$OUT/gpu-350m/metrics.jsonl" ]; then

@@ -14,6 +14,14 @@ pub fn tokenizer_model() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer/tokenizer.model")
 }
 
+/// Writes the same tokenizer model (compiled into the binary, 6 kB) to `dir/tokenizer.model`,
+/// for a binary that runs away from the source tree (`cargo xtask device-check` on a GPU machine).
+pub fn write_tokenizer_model(dir: &Path) -> std::io::Result<PathBuf> {
+    let path = dir.join("tokenizer.model");
+    std::fs::write(&path, include_bytes!("../tests/fixtures/tokenizer/tokenizer.model"))?;
+    Ok(path)
+}
+
 /// A distinct 20×20 PNG for each `seed`.
 pub fn write_png(path: &Path, seed: u8) -> Result<(), image::ImageError> {
     image::RgbImage::from_fn(20, 20, |x, y| image::Rgb([seed.wrapping_mul(40), (x * 12) as u8, (y * 12) as u8]))

@@ -8,13 +8,16 @@
 //! files ([`experiment`]), optimizer recipe ([`optim`]: AdamW as in the paper, the global
 //! gradient-norm clip, the schedules) and training loop with exact resume ([`trainer`]); the
 //! ablation grid ([`ablation`]) and the live monitor ([`monitor`]); FLOPs, device peaks and MFU
-//! ([`speed`]) and the benchmark workloads of `cargo xtask bench` ([`bench`]).
+//! ([`speed`]) and the benchmark workloads of `cargo xtask bench` ([`bench`]); data parallelism
+//! across devices ([`data_parallel`]); a tiny experiment with generated data ([`fixtures`]).
 
 pub mod ablation;
 pub mod bench;
 mod config_file;
+pub mod data_parallel;
 pub mod experiment;
 pub mod findings;
+pub mod fixtures;
 pub mod monitor;
 pub mod optim;
 pub mod speed;

@@ -1,19 +1,16 @@
 //! A run stopped after a checkpoint and resumed writes, from there on, the same losses to the
-//! last bit as an uninterrupted run (dropout, gradient accumulation and z-loss all on).
+//! last bit as an uninterrupted run (dropout, gradient accumulation and z-loss all on). Also: bf16
+//! mixed precision, and data-parallel replicas against one device.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::Device;
-use chameleon_data::config::{DataConfig, ImagesConfig, SourceConfig, SourceKind};
-use chameleon_data::fixtures;
-use chameleon_data::mixture::Stage;
-use chameleon_data::prepare::{ImageCoder, prepare};
-use chameleon_data::tokenizer::TokenizerConfig;
 use chameleon_model::ChameleonConfig;
 use chameleon_model::Precision;
-use chameleon_train::experiment::{Experiment, TrainConfig};
-use chameleon_train::optim::{OptimConfig, Schedule};
+use chameleon_train::data_parallel::GradSync;
+use chameleon_train::experiment::Experiment;
+use chameleon_train::fixtures::tiny_experiment;
 use chameleon_train::speed::{Peak, flops_per_token};
 use chameleon_train::trainer::{METRICS_FILE, RunOptions, train};
 
@@ -32,66 +29,52 @@ fn losses(run: &Path) -> BTreeMap<u64, (String, String)> {
 /// process: each test holds this while it trains, or the runs would draw from each other's stream.
 static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// A tiny experiment (gradient accumulation 2, dropout and z-loss on) and its prepared data.
-fn setup(root: &Path, device: &Device) -> (Experiment, chameleon_data::Prepared) {
-    // Data: 24 caption pairs, a tiny random VQ tokenizer (16 codes per image), the fixture tokenizer.
-    let pairs = fixtures::write_caption_pairs(root, 24, |i| format!("picture {i} of a king")).unwrap();
-    let vq = fixtures::tiny_vq(&root.join("vq"), device).unwrap();
-    let data = DataConfig {
-        seq_len: 40,
-        seed: 3,
-        caption_generation_share: 0.5,
-        held_out_every: 6,
-        tokenizer: TokenizerConfig { model: Some(fixtures::tokenizer_model()), ..TokenizerConfig::default() },
-        images: ImagesConfig { vq_checkpoint: root.join("vq"), vq_experiment: None },
-        sources: vec![SourceConfig {
-            name: "pairs".into(),
-            format: SourceKind::Caption,
-            path: Some(pairs),
-            min_image_side: 32,
-            modality_weights: None,
-            category: None,
-        }],
-        stages: vec![Stage { start: 0.0, weights: [("pairs".to_string(), 1.0)].into() }],
-    };
-    let coder = ImageCoder { model: &vq, dir: &root.join("vq"), device };
-    let prepared = prepare(&data, &coder, &root.join("cache"), false, false).unwrap();
-    let exp = Experiment {
-        model: ChameleonConfig::new(0, 32, 2, 2).with_residual_dropout(0.1).with_attention_dropout(0.1),
-        data,
-        optim: OptimConfig { learning_rate: 3e-3, ..OptimConfig::default() },
-        schedule: Schedule { warmup_steps: 2, ..Schedule::default() },
-        train: TrainConfig {
-            steps: 8,
-            micro_batch: 2,
-            batch_tokens: 160,
-            z_loss: 1e-4,
-            checkpoint_every: 4,
-            seed: 11,
-            ..TrainConfig::default()
-        },
-    };
+/// A test's tiny experiment (gradient accumulation 2, z-loss on) and its data, prepared in a
+/// temporary directory of its own, with the RNG lock held.
+struct Fixture {
+    dir: tempfile::TempDir,
+    _rng: std::sync::MutexGuard<'static, ()>,
+    device: Device,
+    exp: Experiment,
+    prepared: chameleon_data::Prepared,
+}
+
+fn setup(dropout: bool) -> Fixture {
+    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let (mut exp, prepared) = tiny_experiment(dir.path(), &device).unwrap();
     assert_eq!(exp.accumulation(), 2);
-    (exp, prepared)
+    if !dropout {
+        exp.model = exp.model.clone().with_residual_dropout(0.0).with_attention_dropout(0.0);
+    }
+    Fixture { dir, _rng, device, exp, prepared }
+}
+
+/// Trains the 8-step experiment into `run`: 4 steps on one device, then resumed with `then`.
+fn train_in_two_parts(
+    exp: &Experiment,
+    prepared: &chameleon_data::Prepared,
+    run: &Path,
+    device: &Device,
+    then: RunOptions,
+) {
+    let first = RunOptions { max_steps: Some(4), ..RunOptions::default() };
+    assert_eq!(train(exp, prepared, run, device, &first).unwrap().step, 4);
+    assert_eq!(train(exp, prepared, run, device, &RunOptions { resume: true, ..then }).unwrap().step, 8);
 }
 
 #[test]
 fn resume_after_a_checkpoint_is_bit_exact() {
-    let dir = tempfile::tempdir().unwrap();
+    let Fixture { dir, _rng, device, exp, prepared } = setup(true);
     let root = dir.path();
-    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let device = Device::flex();
-    let (exp, prepared) = setup(root, &device);
 
     let whole = root.join("whole");
     let status = train(&exp, &prepared, &whole, &device, &RunOptions::default()).unwrap();
     assert_eq!((status.state.as_str(), status.step), ("done", 8));
 
     let split = root.join("split");
-    let first = RunOptions { max_steps: Some(4), ..RunOptions::default() };
-    assert_eq!(train(&exp, &prepared, &split, &device, &first).unwrap().step, 4);
-    let again = RunOptions { resume: true, ..RunOptions::default() };
-    assert_eq!(train(&exp, &prepared, &split, &device, &again).unwrap().step, 8);
+    train_in_two_parts(&exp, &prepared, &split, &device, RunOptions::default());
 
     let (a, b) = (losses(&whole), losses(&split));
     assert_eq!(a.len(), 8);
@@ -111,11 +94,8 @@ fn resume_after_a_checkpoint_is_bit_exact() {
 
 #[test]
 fn bf16_mixed_precision_with_accumulation_follows_f32_and_metrics_carry_mfu_and_sparse_probes() {
-    let dir = tempfile::tempdir().unwrap();
+    let Fixture { dir, _rng, device, exp, prepared } = setup(true);
     let root = dir.path();
-    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let device = Device::flex();
-    let (exp, prepared) = setup(root, &device);
     let peak = Some(Peak { flops: 1e9, source: "test".into() });
     let f32_run = root.join("f32");
     train(
@@ -162,18 +142,66 @@ fn bf16_mixed_precision_with_accumulation_follows_f32_and_metrics_carry_mfu_and_
 
 #[test]
 fn resume_is_exact_with_sparse_probes_and_no_dropout() {
-    let dir = tempfile::tempdir().unwrap();
+    let Fixture { dir, _rng, device, mut exp, prepared } = setup(false);
     let root = dir.path();
-    let _rng = RNG.lock().unwrap_or_else(|e| e.into_inner());
-    let device = Device::flex();
-    let (mut exp, prepared) = setup(root, &device);
-    exp.model = exp.model.clone().with_residual_dropout(0.0).with_attention_dropout(0.0);
     exp.train.probe_every = 3;
     let whole = root.join("whole");
     train(&exp, &prepared, &whole, &device, &RunOptions::default()).unwrap();
     let split = root.join("split");
-    train(&exp, &prepared, &split, &device, &RunOptions { max_steps: Some(4), ..RunOptions::default() }).unwrap();
-    train(&exp, &prepared, &split, &device, &RunOptions { resume: true, ..RunOptions::default() }).unwrap();
+    train_in_two_parts(&exp, &prepared, &split, &device, RunOptions::default());
     assert_eq!(losses(&whole), losses(&split), "a resumed run with sparse probes differs");
     assert_eq!(losses(&whole).len(), 8);
+}
+
+/// Losses and gradient norms of two runs agree within `rel` at every step.
+fn assert_close(a: &BTreeMap<u64, (String, String)>, b: &BTreeMap<u64, (String, String)>, rel: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: a different number of steps");
+    for ((step, (la, ga)), (lb, gb)) in a.iter().zip(b.values()) {
+        let close = |x: &String, y: &String| {
+            let (x, y): (f64, f64) = (x.parse().unwrap(), y.parse().unwrap());
+            (x - y).abs() <= rel * x.abs()
+        };
+        assert!(close(la, lb) && close(ga, gb), "{what}, step {step}: loss {la} vs {lb}, grad norm {ga} vs {gb}");
+    }
+}
+
+/// Two replicas on the CPU (threads; gradients summed by the main thread, as where NCCL is not
+/// available) against one device. The worker's losses are measured on its own replica, so they
+/// show that it took the same AdamW steps as the main one. Not to the last bit: with two threads
+/// computing at once, flex's results vary at the 1e-7 level from run to run (the sum of two
+/// gradients itself is exact). A replica that stopped stepping would be off by 1e-2.
+#[test]
+fn data_parallel_replicas_train_as_one_device_does() {
+    let Fixture { dir, _rng, device, mut exp, prepared } = setup(false);
+    let root = dir.path();
+    let two = RunOptions { replicas: vec![Device::flex()], grad_sync: GradSync::Host, ..RunOptions::default() };
+
+    let one_device = root.join("one");
+    train(&exp, &prepared, &one_device, &device, &RunOptions::default()).unwrap();
+    let parallel = root.join("two");
+    assert_eq!(train(&exp, &prepared, &parallel, &device, &two).unwrap().step, 8);
+    let reference = losses(&one_device);
+    assert_close(&reference, &losses(&parallel), 1e-5, "two replicas against one device");
+    let (first, last): (f64, f64) = (reference[&1].0.parse().unwrap(), reference[&8].0.parse().unwrap());
+    assert!(first - last > 0.1, "the loss should fall: {first} -> {last}");
+    // Resuming a one-device run on two replicas: the worker starts from the checkpoint's AdamW
+    // state too.
+    let switched = root.join("switched");
+    train_in_two_parts(&exp, &prepared, &switched, &device, two.clone());
+    assert_close(&reference, &losses(&switched), 1e-5, "resumed on two replicas");
+
+    // Four micro-batches a step: two for each replica.
+    let mut four = exp.clone();
+    four.train.batch_tokens = 320;
+    four.train.steps = 4;
+    assert_eq!(four.accumulation(), 4);
+    let (a, b) = (root.join("four-one"), root.join("four-two"));
+    train(&four, &prepared, &a, &device, &RunOptions::default()).unwrap();
+    train(&four, &prepared, &b, &device, &two).unwrap();
+    assert_close(&losses(&a), &losses(&b), 1e-5, "four micro-batches on two replicas");
+
+    // Micro-batches that the replicas cannot share equally are refused, naming the setting.
+    let three = RunOptions { replicas: vec![Device::flex(), Device::flex()], ..RunOptions::default() };
+    let e = train(&exp, &prepared, &root.join("three"), &device, &three).unwrap_err();
+    assert!(e.to_string().contains("batch_tokens") && e.to_string().contains("3 replicas"), "{e}");
 }

@@ -6,7 +6,6 @@ use anyhow::{Context, Result, anyhow};
 use burn::tensor::Device;
 use chameleon_train::ablation::{Grid, run_grid, summary};
 use chameleon_train::monitor::{self, Watch};
-use chameleon_train::trainer::RunOptions;
 
 use crate::data::prepare_data;
 use crate::live::monitored;
@@ -34,7 +33,7 @@ pub fn run(
     // The switches never touch [data], so every run shares one prepared folder.
     let prepared = prepare_data(&grid.runs[0].experiment().data, cache, false, device)?;
     let precision = grid.runs[0].experiment().train.precision;
-    let options = RunOptions { peak: crate::device::peak(spec, precision, device), ..RunOptions::default() };
+    let options = crate::device::training(spec, precision, device)?;
     let (grid2, dir2, device2) = (grid.clone(), dir.clone(), device.clone());
     let outcomes = monitored(&dir, "ablate.log", !no_tui, move |stop| {
         Ok(run_grid(&grid2, &prepared, &dir2, &device2, &stop, &options)?)

@@ -1,12 +1,60 @@
-//! `--device cpu|cuda[:N]`: which burn backend runs the work.
+//! `--device cpu|cuda[:N]`: which burn backend runs the work. Training commands also take a
+//! list, `cuda:0,cuda:1,...`: one data-parallel replica per device.
 
 use anyhow::{Result, bail};
 use burn::tensor::Device;
 use chameleon_model::Precision;
+use chameleon_train::data_parallel::GradSync;
 use chameleon_train::speed::{Peak, gpu_peak, measure_matmul_peak};
+use chameleon_train::trainer::RunOptions;
 
-/// Parses a device name. `cpu` is burn's flex backend.
-pub fn parse(name: &str) -> Result<Device> {
+/// The first device of a `--device` list, which runs everything but the other replicas.
+pub fn first(spec: &str) -> &str {
+    spec.split(',').next().unwrap_or(spec).trim()
+}
+
+/// Whether `--device` names more than one device.
+pub fn is_list(spec: &str) -> bool {
+    spec.contains(',')
+}
+
+/// Parses the first device of `--device`. `cpu` is burn's flex backend.
+pub fn parse(spec: &str) -> Result<Device> {
+    parse_one(first(spec))
+}
+
+/// Training options from `--device`: the MFU peak of the first device, and the devices after
+/// it as data-parallel replicas, summing gradients with NCCL when they are all GPUs.
+pub fn training(spec: &str, precision: Precision, device: &Device) -> Result<RunOptions> {
+    let names: Vec<&str> = spec.split(',').map(str::trim).collect();
+    let replicas = names[1..].iter().map(|n| parse_one(n)).collect::<Result<Vec<_>>>()?;
+    let gpus: Vec<usize> = names.iter().filter_map(|n| gpu_index(n)).collect();
+    if let Some(twice) = gpus.iter().enumerate().find_map(|(i, g)| gpus[..i].contains(g).then_some(*g)) {
+        bail!("--device {spec}: cuda:{twice} is listed twice (one replica per GPU)");
+    }
+    let grad_sync = if !replicas.is_empty() && gpus.len() == names.len() && nccl_present() {
+        GradSync::Collective
+    } else {
+        if !gpus.is_empty() && !replicas.is_empty() {
+            tracing::warn!("NCCL (libnccl.so.2) not found: replicas sum their gradients through the main thread");
+        }
+        GradSync::Host
+    };
+    Ok(RunOptions { peak: peak(spec, precision, device), replicas, grad_sync, ..RunOptions::default() })
+}
+
+#[cfg(feature = "cuda")]
+fn nccl_present() -> bool {
+    // SAFETY: only tries to dlopen the NCCL library.
+    unsafe { cudarc::nccl::sys::is_culib_present() }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn nccl_present() -> bool {
+    false
+}
+
+fn parse_one(name: &str) -> Result<Device> {
     match name {
         "cpu" | "flex" => Ok(Device::flex()),
         s if s == "cuda" || s.starts_with("cuda:") => {
@@ -58,7 +106,7 @@ fn gpu_name(_index: usize) -> Option<String> {
 
 /// The machine in words: the CPU model and its threads, or the GPU's name.
 pub fn describe(spec: &str) -> String {
-    if let Some(i) = gpu_index(spec) {
+    if let Some(i) = gpu_index(first(spec)) {
         return format!("cuda:{i} {}", gpu_name(i).unwrap_or_else(|| "(unknown GPU)".into()));
     }
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -73,7 +121,7 @@ pub fn describe(spec: &str) -> String {
 /// The peak FLOP/s that MFU is measured against: the vendor's dense number for a known GPU, or
 /// on the CPU a measured 1024² matmul of the same backend and precision. `None` for an unknown GPU.
 pub fn peak(spec: &str, precision: Precision, device: &Device) -> Option<Peak> {
-    match gpu_index(spec) {
+    match gpu_index(first(spec)) {
         Some(i) => {
             let name = gpu_name(i)?;
             let peak = gpu_peak(&name, precision);

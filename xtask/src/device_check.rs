@@ -10,6 +10,9 @@
 //! target is 1e-3, but cubecl runs f32 matmuls on TF32 tensor cores where the GPU has them
 //! (10-bit mantissa, no switch in burn 0.22), so the check reports whether 1e-3 is met and fails
 //! only beyond 2e-2; a plain f32 matmul against the CPU's shows the TF32 error on its own.
+//!
+//! With a list, `--device cuda:0,cuda:1`, the checks above run on the first device, and the
+//! trainer's data parallelism is checked across all of them (see [`data_parallel`]).
 
 use anyhow::{Result, bail};
 use burn::module::Module;
@@ -17,6 +20,9 @@ use burn::tensor::FloatDType;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use chameleon_model::{KvCache, Precision, cast_params};
 use chameleon_train::bench::{TrainStep, bench_model, bench_vq};
+use chameleon_train::data_parallel::GradSync;
+use chameleon_train::fixtures::tiny_experiment;
+use chameleon_train::trainer::{METRICS_FILE, RunOptions, train};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -58,10 +64,11 @@ fn read<const D: usize>(t: Tensor<D>) -> Result<Vec<f64>> {
     Ok(t.into_data().convert::<f64>().try_to_vec::<f64>()?)
 }
 
-pub fn run(spec: &str, steps: usize) -> Result<()> {
+pub fn run(list: &str, steps: usize) -> Result<()> {
     if steps < 2 {
         bail!("--steps {steps}: at least 2 train steps are needed to see the loss fall");
     }
+    let spec = crate::device::first(list);
     let device = crate::device::parse(spec)?;
     let cpu = Device::flex();
     println!("device: {}", crate::device::describe(spec));
@@ -212,11 +219,76 @@ pub fn run(spec: &str, steps: usize) -> Result<()> {
             failed.push(format!("{precision} training did not lower the loss ({first:.4} -> {last:.4})"));
         }
     }
-    if !failed.is_empty() {
-        bail!("{spec}: {}", failed.join("; "));
+    if crate::device::is_list(list) {
+        failed.extend(data_parallel(list)?);
     }
-    println!("{spec}: all checks passed");
+    if !failed.is_empty() {
+        bail!("{list}: {}", failed.join("; "));
+    }
+    println!("{list}: all checks passed");
     Ok(())
+}
+
+/// Replicas against one device may differ by this much in loss and gradient norm, relative: the
+/// replicas' gradient sum associates differently from one device's accumulation. A replica
+/// that missed a step or a share of the gradient is off by 1e-2.
+const DATA_PARALLEL_LIMIT: f64 = 1e-3;
+
+/// 5. The trainer on a tiny generated experiment (8 steps, no dropout, one micro-batch per
+/// replica a step) on the first device of `list` alone, then data-parallel on all of it: with
+/// the gradient sum `train` picks (NCCL on GPUs) and, if that is another, through the main
+/// thread. Returns what failed.
+fn data_parallel(list: &str) -> Result<Vec<String>> {
+    let replicas = list.split(',').count();
+    let dir = std::env::temp_dir().join(format!("chameleon-device-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = (|| -> Result<Vec<String>> {
+        let (mut exp, prepared) =
+            tiny_experiment(&dir, &Device::flex()).map_err(|e| anyhow::anyhow!("the tiny experiment: {e}"))?;
+        exp.model = exp.model.clone().with_residual_dropout(0.0).with_attention_dropout(0.0);
+        exp.train.batch_tokens = replicas * exp.train.micro_batch * exp.data.seq_len;
+        let main = crate::device::parse(list)?;
+        let history = |run: &std::path::Path| -> Result<Vec<(f64, f64)>> {
+            let text = std::fs::read_to_string(run.join(METRICS_FILE))?;
+            text.lines()
+                .map(|l| {
+                    let v: serde_json::Value = serde_json::from_str(l)?;
+                    Ok((v["loss"].as_f64().unwrap_or(f64::NAN), v["grad_norm"].as_f64().unwrap_or(f64::NAN)))
+                })
+                .collect()
+        };
+        train(&exp, &prepared, &dir.join("one"), &main, &RunOptions::default())?;
+        let one = history(&dir.join("one"))?;
+        let chosen = crate::device::training(list, Precision::F32, &main)?;
+        let mut syncs = vec![chosen.grad_sync];
+        if chosen.grad_sync != GradSync::Host {
+            syncs.push(GradSync::Host);
+        }
+        let mut failed = Vec::new();
+        for sync in syncs {
+            let run = dir.join(format!("{sync:?}"));
+            let options = RunOptions { replicas: chosen.replicas.clone(), grad_sync: sync, ..RunOptions::default() };
+            let started = std::time::Instant::now();
+            train(&exp, &prepared, &run, &main, &options)?;
+            let many = history(&run)?;
+            let rel = |a: f64, b: f64| (a - b).abs() / a.abs().max(f64::MIN_POSITIVE);
+            let worst = one.iter().zip(&many).map(|(a, b)| rel(a.0, b.0).max(rel(a.1, b.1))).fold(0.0, f64::max);
+            let ok = many.len() == one.len() && worst <= DATA_PARALLEL_LIMIT;
+            println!(
+                "data parallel, {replicas} replicas, {sync:?} sum: {} steps in {:.1}s, loss and grad norm within \
+                 {worst:.2e} of one device -> {}",
+                many.len(),
+                started.elapsed().as_secs_f64(),
+                if ok { "ok" } else { "FAIL" }
+            );
+            if !ok {
+                failed.push(format!("{replicas} replicas ({sync:?}) differ from one device by {worst:.2e}"));
+            }
+        }
+        Ok(failed)
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 #[cfg(test)]
@@ -227,5 +299,11 @@ mod tests {
     #[test]
     fn every_check_passes_on_the_cpu() {
         super::run("cpu", 3).unwrap();
+    }
+
+    /// Two replicas on the CPU (threads, the main thread's sum) train as one device does.
+    #[test]
+    fn data_parallel_check_passes_on_two_cpu_replicas() {
+        assert_eq!(super::data_parallel("cpu,cpu").unwrap(), Vec::<String>::new());
     }
 }

@@ -28,7 +28,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "chameleon-rs: Chameleon-style mixed-modal models on burn")]
 struct Cli {
-    /// Backend: cpu (burn flex) or cuda[:N] (needs a build with --features cuda).
+    /// Backend: cpu (burn flex) or cuda[:N] (needs a build with --features cuda). train, sft and
+    /// ablate take a list, e.g. cuda:0,cuda:1: one data-parallel replica per device.
     #[arg(long, global = true, default_value = "cpu")]
     device: String,
     #[command(subcommand)]
@@ -111,7 +112,7 @@ enum Command {
     /// side with PyTorch (--vs-torch PYTHON); a table, and JSON in --out.
     Bench(bench::BenchArgs),
     /// Check a device against the CPU: equal logits for equal weights, and training that lowers
-    /// the loss in f32 and bf16.
+    /// the loss in f32 and bf16. With a device list, also data-parallel training against one device.
     DeviceCheck {
         /// Train steps per precision.
         #[arg(long, default_value_t = 30)]
@@ -158,6 +159,16 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let trains = matches!(
+        cli.command,
+        Command::Train { .. } | Command::Sft(_) | Command::Ablate { .. } | Command::DeviceCheck { .. }
+    );
+    if device::is_list(&cli.device) && !trains {
+        anyhow::bail!(
+            "--device {}: only train, sft, ablate and device-check take several devices (data parallelism)",
+            cli.device
+        );
+    }
     // Before the first tensor op: bench may set the thread count.
     match &cli.command {
         Command::Bench(args) => return bench::run(args, &cli.device),

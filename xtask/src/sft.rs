@@ -166,8 +166,7 @@ pub fn run(args: &SftArgs, device: &Device, spec: &str) -> Result<()> {
         resume: args.resume,
         // The monitor owns the screen when it is up; the bar is for plain terminals.
         progress_bar: args.no_tui || !chameleon_train::monitor::has_terminal(),
-        peak: crate::device::peak(spec, exp.train.precision, device),
-        ..RunOptions::default()
+        ..crate::device::training(spec, exp.train.precision, device)?
     };
     let (exp2, prepared2, dir2, device2) = (exp.clone(), prepared.clone(), run_dir.clone(), device.clone());
     let status = monitored(&run_dir, "sft.log", !args.no_tui, move |stop| {

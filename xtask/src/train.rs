@@ -43,8 +43,7 @@ pub fn run(
         checkpoint_every,
         resume: resume.is_some(),
         progress_bar: true,
-        peak: crate::device::peak(spec, exp.train.precision, device),
-        ..RunOptions::default()
+        ..crate::device::training(spec, exp.train.precision, device)?
     };
     let status = train(&exp, &prepared, &run_dir, device, &options)?;
     println!(

@@ -1,0 +1,266 @@
+//! Data parallelism: one model replica per device, each on its own thread.
+//!
+//! Every step, micro-batch `i` of the step goes to replica `i mod K`. Each replica runs forward
+//! and backward over its share, the replicas' gradients are **summed** (each micro-batch's loss
+//! is already scaled by 1/micro-batches-per-step, so the sum is the step's gradient, as on one
+//! device), and every replica applies the same global clip and AdamW step to the same summed
+//! gradient. Replicas therefore stay equal without exchanging weights, and only the main
+//! replica (the first device) writes metrics, evaluates and checkpoints.
+//!
+//! The sum is either burn's collective `all_reduce` (NCCL on CUDA GPUs), one call per parameter
+//! in the module's order on every replica's thread, or, on any backend, the main thread's: each
+//! replica hands its gradients over, the main thread adds them up in replica order and hands
+//! the sum back ([`GradSync::Host`], what the CPU tests run).
+//!
+//! Dropout draws from burn's one process-wide RNG; with several threads drawing, a run with
+//! dropout is not bit-reproducible across data-parallel runs (without dropout it is).
+
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::thread::{Scope, ScopedJoinHandle};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::distributed::{DistributedConfig, DistributedContext, ReduceOperation, all_reduce};
+use burn::tensor::{Device, Tensor};
+use chameleon_data::{Batch, VocabLayout};
+use chameleon_model::Chameleon;
+
+use crate::experiment::Experiment;
+use crate::optim::clip_global;
+use crate::trainer::{Measured, forward_backward};
+
+/// How replicas sum their gradients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GradSync {
+    /// The main thread adds every replica's gradients in replica order and hands the sum back
+    /// (any backend; tensors move between devices with `to_device`).
+    #[default]
+    Host,
+    /// burn's collective `all_reduce` (sum) between the replicas' threads: NCCL on CUDA.
+    Collective,
+}
+
+/// A step's work for a replica, or the summed gradients it waits for.
+enum ToWorker {
+    Step { lr: f64, probe: bool, batches: Vec<(usize, Batch)> },
+    Sum(Vec<Option<Tensor<1>>>),
+}
+
+/// A replica's measurements and, for [`GradSync::Host`], its gradients.
+struct FromWorker {
+    measured: Vec<Measured>,
+    grads: Option<Vec<Option<Tensor<1>>>>,
+}
+
+struct Worker<'scope> {
+    device: Device,
+    to: Sender<ToWorker>,
+    from: Receiver<FromWorker>,
+    handle: ScopedJoinHandle<'scope, ()>,
+}
+
+/// The replicas besides the main one (none on a single device).
+pub(crate) struct Replicas<'scope> {
+    workers: Vec<Worker<'scope>>,
+    sync: GradSync,
+    /// Every replica's device (the main one first), for the collective.
+    devices: Vec<Device>,
+    /// Keeps burn's communication server up while the replicas run.
+    _context: Option<DistributedContext>,
+}
+
+impl<'scope> Replicas<'scope> {
+    /// Starts one thread per device in `others`, each with a copy of `model` and `optim` (the
+    /// main replica's, as initialised or restored) on its device.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn spawn<'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        main: &Device,
+        others: &[Device],
+        sync: GradSync,
+        model: &Chameleon,
+        optim: &ModuleOptimizer,
+        exp: &'env Experiment,
+        layout: &'env VocabLayout,
+    ) -> Self {
+        let devices: Vec<Device> = std::iter::once(main.clone()).chain(others.iter().cloned()).collect();
+        let collective = sync == GradSync::Collective && !others.is_empty();
+        let context = collective.then(|| {
+            DistributedContext::init(devices.clone(), DistributedConfig { all_reduce_op: ReduceOperation::Sum })
+        });
+        let workers = others
+            .iter()
+            .map(|device| {
+                let (to, rx) = channel();
+                let (tx, from) = channel();
+                let model = model.clone().fork(&device.clone().autodiff());
+                let (optim, device_, group) = (optim.clone(), device.clone(), devices.clone());
+                let handle = scope.spawn(move || work(model, optim, &device_, rx, tx, sync, &group, exp, layout));
+                Worker { device: device.clone(), to, from, handle }
+            })
+            .collect();
+        Self { workers, sync, devices, _context: context }
+    }
+
+    /// Hands each worker its share of the step (`shares[0]` is the main replica's, kept).
+    pub(crate) fn hand_out(&self, lr: f64, probe: bool, shares: &mut Vec<Vec<(usize, Batch)>>) -> Result<(), String> {
+        for (worker, batches) in self.workers.iter().zip(shares.drain(1..)) {
+            worker.to.send(ToWorker::Step { lr, probe, batches }).map_err(|_| stopped(worker))?;
+        }
+        Ok(())
+    }
+
+    /// The step's gradient summed over every replica, given the main replica's own; with the
+    /// workers' measurements.
+    pub(crate) fn sum(
+        &self,
+        model: &Chameleon,
+        grads: GradientsParams,
+        main: &Device,
+    ) -> Result<(GradientsParams, Vec<Measured>), String> {
+        let mut measured = Vec::new();
+        if self.workers.is_empty() {
+            return Ok((grads, measured));
+        }
+        match self.sync {
+            GradSync::Collective => {
+                let grads = all_reduce_sum(model, grads, &self.devices);
+                for worker in &self.workers {
+                    measured.extend(worker.from.recv().map_err(|_| stopped(worker))?.measured);
+                }
+                Ok((grads, measured))
+            }
+            GradSync::Host => {
+                let mut sum = flatten(model, grads);
+                for worker in &self.workers {
+                    let reply = worker.from.recv().map_err(|_| stopped(worker))?;
+                    measured.extend(reply.measured);
+                    for (acc, theirs) in sum.iter_mut().zip(reply.grads.unwrap_or_default()) {
+                        if let Some(theirs) = theirs {
+                            let theirs = theirs.to_device(main);
+                            *acc = Some(match acc.take() {
+                                Some(a) => a + theirs,
+                                None => theirs,
+                            });
+                        }
+                    }
+                }
+                for worker in &self.workers {
+                    worker.to.send(ToWorker::Sum(sum.clone())).map_err(|_| stopped(worker))?;
+                }
+                Ok((unflatten(model, sum, main), measured))
+            }
+        }
+    }
+
+    /// Stops the workers and waits for them; a worker that panicked is reported.
+    pub(crate) fn finish(self) -> Result<(), String> {
+        let mut failed = Vec::new();
+        for Worker { device, to, from, handle } in self.workers {
+            drop((to, from));
+            if let Err(panic) = handle.join() {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                failed.push(format!("the replica on {device:?} failed: {why}"));
+            }
+        }
+        if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) }
+    }
+}
+
+fn stopped(worker: &Worker) -> String {
+    format!("the replica on {:?} stopped unexpectedly", worker.device)
+}
+
+/// A worker replica's loop: a step's share, the sum, the clip and AdamW, until the main thread
+/// hangs up.
+#[allow(clippy::too_many_arguments)]
+fn work(
+    mut model: Chameleon,
+    mut optim: ModuleOptimizer,
+    device: &Device,
+    rx: Receiver<ToWorker>,
+    tx: Sender<FromWorker>,
+    sync: GradSync,
+    devices: &[Device],
+    exp: &Experiment,
+    layout: &VocabLayout,
+) {
+    let train_device = device.clone().autodiff();
+    while let Ok(ToWorker::Step { lr, probe, batches }) = rx.recv() {
+        let (measured, grads) = forward_backward(&model, &batches, exp, layout, probe, &train_device);
+        let grads = match sync {
+            GradSync::Collective => {
+                let grads = all_reduce_sum(&model, grads, devices);
+                if tx.send(FromWorker { measured, grads: None }).is_err() {
+                    return;
+                }
+                grads
+            }
+            GradSync::Host => {
+                if tx.send(FromWorker { measured, grads: Some(flatten(&model, grads)) }).is_err() {
+                    return;
+                }
+                let Ok(ToWorker::Sum(sum)) = rx.recv() else { return };
+                unflatten(&model, sum, device)
+            }
+        };
+        let (grads, _) = clip_global(&model, grads, exp.optim.grad_clip);
+        model = optim.step(lr, model, grads);
+    }
+}
+
+/// Every parameter's gradient (if it has one) as a flat vector, in the module's order.
+fn flatten(model: &Chameleon, mut grads: GradientsParams) -> Vec<Option<Tensor<1>>> {
+    struct Flatten<'a>(&'a mut GradientsParams, Vec<Option<Tensor<1>>>);
+    impl ModuleVisitor for Flatten<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.1.push(self.0.remove::<D>(param.id).map(|g| {
+                let n = g.shape().num_elements();
+                g.reshape([n])
+            }));
+        }
+    }
+    let mut visitor = Flatten(&mut grads, Vec::new());
+    model.visit(&mut visitor);
+    visitor.1
+}
+
+/// The inverse of [`flatten`], on `device`.
+fn unflatten(model: &Chameleon, flat: Vec<Option<Tensor<1>>>, device: &Device) -> GradientsParams {
+    struct Unflatten<'a>(std::vec::IntoIter<Option<Tensor<1>>>, GradientsParams, &'a Device);
+    impl ModuleVisitor for Unflatten<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(Some(g)) = self.0.next() {
+                let dims: [usize; D] = param.lazy_shape().dims();
+                self.1.register::<D>(param.id, g.to_device(self.2).reshape(dims));
+            }
+        }
+    }
+    let mut visitor = Unflatten(flat.into_iter(), GradientsParams::new(), device);
+    model.visit(&mut visitor);
+    visitor.1
+}
+
+/// Sums every parameter's gradient across `devices` with burn's collective, in the module's
+/// order (the same on every replica, as NCCL requires). A parameter without a gradient takes
+/// part with zeros, so every replica issues the same calls.
+fn all_reduce_sum(model: &Chameleon, mut grads: GradientsParams, devices: &[Device]) -> GradientsParams {
+    struct AllReduce<'a>(&'a mut GradientsParams, &'a [Device]);
+    impl ModuleVisitor for AllReduce<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let own = self.0.remove::<D>(param.id);
+            let present = own.is_some();
+            let g = own.unwrap_or_else(|| param.val().inner().zeros_like());
+            let summed = all_reduce(g, ReduceOperation::Sum, self.1.to_vec()).resolve();
+            if present {
+                self.0.register::<D>(param.id, summed);
+            }
+        }
+    }
+    model.visit(&mut AllReduce(&mut grads, devices));
+    grads
+}

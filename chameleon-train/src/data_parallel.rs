@@ -12,21 +12,28 @@
 //! replica hands its gradients over, the main thread adds them up in replica order and hands
 //! the sum back ([`GradSync::Host`], what the CPU tests run).
 //!
+//! The main replica's gradient norm is handed to the others, so every replica clips by the same
+//! factor: GPUs autotune their reductions each on its own, and two norms that differ in the
+//! last bit would let the replicas drift apart. A worker confirms each step only once its
+//! device has finished it, so cross-device copies (a resumed optimizer state moving to its
+//! device on the first step) never interleave with the next step's collectives.
+//!
 //! Dropout draws from burn's one process-wide RNG; with several threads drawing, a run with
 //! dropout is not bit-reproducible across data-parallel runs (without dropout it is).
 
+use std::any::Any;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::{Scope, ScopedJoinHandle};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::distributed::{DistributedConfig, DistributedContext, ReduceOperation, all_reduce};
+use burn::tensor::distributed::{ReduceOperation, all_reduce};
 use burn::tensor::{Device, Tensor};
 use chameleon_data::{Batch, VocabLayout};
 use chameleon_model::Chameleon;
 
 use crate::experiment::Experiment;
-use crate::optim::clip_global;
+use crate::optim::clip_to_norm;
 use crate::trainer::{Measured, forward_backward};
 
 /// How replicas sum their gradients.
@@ -40,16 +47,22 @@ pub enum GradSync {
     Collective,
 }
 
-/// A step's work for a replica, or the summed gradients it waits for.
+/// From the main thread to a worker, in this order each step.
 enum ToWorker {
+    /// The step's learning rate, whether to probe, and this replica's micro-batches.
     Step { lr: f64, probe: bool, batches: Vec<(usize, Batch)> },
+    /// The summed gradients ([`GradSync::Host`] only).
     Sum(Vec<Option<Tensor<1>>>),
+    /// The main replica's global gradient norm, to clip by.
+    Norm(f32),
 }
 
-/// A replica's measurements and, for [`GradSync::Host`], its gradients.
-struct FromWorker {
-    measured: Vec<Measured>,
-    grads: Option<Vec<Option<Tensor<1>>>>,
+/// From a worker to the main thread.
+enum FromWorker {
+    /// The replica's measurements and, for [`GradSync::Host`], its gradients.
+    Share { measured: Vec<Measured>, grads: Option<Vec<Option<Tensor<1>>>> },
+    /// The replica's device has finished the step's update.
+    Stepped,
 }
 
 struct Worker<'scope> {
@@ -59,14 +72,22 @@ struct Worker<'scope> {
     handle: ScopedJoinHandle<'scope, ()>,
 }
 
+impl Worker<'_> {
+    fn send(&self, message: ToWorker) -> Result<(), String> {
+        self.to.send(message).map_err(|_| self.stopped())
+    }
+
+    fn stopped(&self) -> String {
+        format!("the replica on {:?} stopped unexpectedly", self.device)
+    }
+}
+
 /// The replicas besides the main one (none on a single device).
 pub(crate) struct Replicas<'scope> {
     workers: Vec<Worker<'scope>>,
     sync: GradSync,
     /// Every replica's device (the main one first), for the collective.
     devices: Vec<Device>,
-    /// Keeps burn's communication server up while the replicas run.
-    _context: Option<DistributedContext>,
 }
 
 impl<'scope> Replicas<'scope> {
@@ -84,10 +105,6 @@ impl<'scope> Replicas<'scope> {
         layout: &'env VocabLayout,
     ) -> Self {
         let devices: Vec<Device> = std::iter::once(main.clone()).chain(others.iter().cloned()).collect();
-        let collective = sync == GradSync::Collective && !others.is_empty();
-        let context = collective.then(|| {
-            DistributedContext::init(devices.clone(), DistributedConfig { all_reduce_op: ReduceOperation::Sum })
-        });
         let workers = others
             .iter()
             .map(|device| {
@@ -95,17 +112,20 @@ impl<'scope> Replicas<'scope> {
                 let (tx, from) = channel();
                 let model = model.clone().fork(&device.clone().autodiff());
                 let (optim, device_, group) = (optim.clone(), device.clone(), devices.clone());
-                let handle = scope.spawn(move || work(model, optim, &device_, rx, tx, sync, &group, exp, layout));
+                let handle = scope.spawn(move || {
+                    // An error here means the main thread hung up: the run is over.
+                    let _ = work(model, optim, &device_, rx, tx, sync, &group, exp, layout);
+                });
                 Worker { device: device.clone(), to, from, handle }
             })
             .collect();
-        Self { workers, sync, devices, _context: context }
+        Self { workers, sync, devices }
     }
 
     /// Hands each worker its share of the step (`shares[0]` is the main replica's, kept).
     pub(crate) fn hand_out(&self, lr: f64, probe: bool, shares: &mut Vec<Vec<(usize, Batch)>>) -> Result<(), String> {
         for (worker, batches) in self.workers.iter().zip(shares.drain(1..)) {
-            worker.to.send(ToWorker::Step { lr, probe, batches }).map_err(|_| stopped(worker))?;
+            worker.send(ToWorker::Step { lr, probe, batches })?;
         }
         Ok(())
     }
@@ -122,20 +142,27 @@ impl<'scope> Replicas<'scope> {
         if self.workers.is_empty() {
             return Ok((grads, measured));
         }
+        let mut share = |worker: &Worker| -> Result<Option<Vec<Option<Tensor<1>>>>, String> {
+            match worker.from.recv() {
+                Ok(FromWorker::Share { measured: theirs, grads }) => {
+                    measured.extend(theirs);
+                    Ok(grads)
+                }
+                _ => Err(worker.stopped()),
+            }
+        };
         match self.sync {
             GradSync::Collective => {
                 let grads = all_reduce_sum(model, grads, &self.devices);
                 for worker in &self.workers {
-                    measured.extend(worker.from.recv().map_err(|_| stopped(worker))?.measured);
+                    share(worker)?;
                 }
                 Ok((grads, measured))
             }
             GradSync::Host => {
                 let mut sum = flatten(model, grads);
                 for worker in &self.workers {
-                    let reply = worker.from.recv().map_err(|_| stopped(worker))?;
-                    measured.extend(reply.measured);
-                    for (acc, theirs) in sum.iter_mut().zip(reply.grads.unwrap_or_default()) {
+                    for (acc, theirs) in sum.iter_mut().zip(share(worker)?.unwrap_or_default()) {
                         if let Some(theirs) = theirs {
                             let theirs = theirs.to_device(main);
                             *acc = Some(match acc.take() {
@@ -146,11 +173,24 @@ impl<'scope> Replicas<'scope> {
                     }
                 }
                 for worker in &self.workers {
-                    worker.to.send(ToWorker::Sum(sum.clone())).map_err(|_| stopped(worker))?;
+                    worker.send(ToWorker::Sum(sum.clone()))?;
                 }
                 Ok((unflatten(model, sum, main), measured))
             }
         }
+    }
+
+    /// Hands the main replica's gradient norm to the workers, which then clip and step.
+    pub(crate) fn clip_by(&self, norm: f32) -> Result<(), String> {
+        self.workers.iter().try_for_each(|worker| worker.send(ToWorker::Norm(norm)))
+    }
+
+    /// Waits until every worker's device has finished the step.
+    pub(crate) fn stepped(&self) -> Result<(), String> {
+        self.workers.iter().try_for_each(|worker| match worker.from.recv() {
+            Ok(FromWorker::Stepped) => Ok(()),
+            _ => Err(worker.stopped()),
+        })
     }
 
     /// Stops the workers and waits for them; a worker that panicked is reported.
@@ -159,24 +199,37 @@ impl<'scope> Replicas<'scope> {
         for Worker { device, to, from, handle } in self.workers {
             drop((to, from));
             if let Err(panic) = handle.join() {
-                let why = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                failed.push(format!("the replica on {device:?} failed: {why}"));
+                failed.push(format!("the replica on {device:?} failed: {}", panic_message(&*panic)));
             }
         }
         if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) }
     }
+
+    /// After the main replica panicked. Workers waiting on a collective that the main thread
+    /// will never join cannot be woken, and joining them would hang: the process exits, with
+    /// the message. Otherwise the workers are stopped and the panic goes on.
+    pub(crate) fn after_panic(self, panic: Box<dyn Any + Send>) -> ! {
+        if self.sync == GradSync::Collective && !self.workers.is_empty() {
+            let message = panic_message(&*panic);
+            tracing::error!("the main replica failed during a data-parallel step: {message}");
+            eprintln!("error: the main replica failed during a data-parallel step: {message}");
+            std::process::exit(101);
+        }
+        let _ = self.finish();
+        std::panic::resume_unwind(panic)
+    }
 }
 
-fn stopped(worker: &Worker) -> String {
-    format!("the replica on {:?} stopped unexpectedly", worker.device)
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
 }
 
 /// A worker replica's loop: a step's share, the sum, the clip and AdamW, until the main thread
-/// hangs up.
+/// hangs up (an `Err`).
 #[allow(clippy::too_many_arguments)]
 fn work(
     mut model: Chameleon,
@@ -188,29 +241,30 @@ fn work(
     devices: &[Device],
     exp: &Experiment,
     layout: &VocabLayout,
-) {
+) -> Result<(), ()> {
     let train_device = device.clone().autodiff();
+    let hung_up = |_| ();
     while let Ok(ToWorker::Step { lr, probe, batches }) = rx.recv() {
         let (measured, grads) = forward_backward(&model, &batches, exp, layout, probe, &train_device);
         let grads = match sync {
             GradSync::Collective => {
                 let grads = all_reduce_sum(&model, grads, devices);
-                if tx.send(FromWorker { measured, grads: None }).is_err() {
-                    return;
-                }
+                tx.send(FromWorker::Share { measured, grads: None }).map_err(hung_up)?;
                 grads
             }
             GradSync::Host => {
-                if tx.send(FromWorker { measured, grads: Some(flatten(&model, grads)) }).is_err() {
-                    return;
-                }
-                let Ok(ToWorker::Sum(sum)) = rx.recv() else { return };
+                tx.send(FromWorker::Share { measured, grads: Some(flatten(&model, grads)) }).map_err(hung_up)?;
+                let Ok(ToWorker::Sum(sum)) = rx.recv() else { return Err(()) };
                 unflatten(&model, sum, device)
             }
         };
-        let (grads, _) = clip_global(&model, grads, exp.optim.grad_clip);
+        let Ok(ToWorker::Norm(norm)) = rx.recv() else { return Err(()) };
+        let grads = clip_to_norm(&model, grads, norm, exp.optim.grad_clip, device);
         model = optim.step(lr, model, grads);
+        device.sync().map_err(|e| tracing::error!("the replica on {device:?}: {e:?}"))?;
+        tx.send(FromWorker::Stepped).map_err(hung_up)?;
     }
+    Ok(())
 }
 
 /// Every parameter's gradient (if it has one) as a flat vector, in the module's order.

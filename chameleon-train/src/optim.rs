@@ -6,7 +6,7 @@
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 /// AdamW settings and the clip.
@@ -133,24 +133,48 @@ impl ModuleVisitor for ScaleGrads<'_> {
 /// The global L2 norm of all gradients, and the gradients scaled so that it is at most
 /// `max_norm` (unchanged when it already is, or when `max_norm` is 0). Returns the norm before
 /// clipping, for the metrics.
-pub fn clip_global<M: Module>(model: &M, mut grads: GradientsParams, max_norm: f32) -> (GradientsParams, f32) {
+pub fn clip_global<M: Module>(model: &M, grads: GradientsParams, max_norm: f32) -> (GradientsParams, f32) {
     let mut visitor = SquaredNorm { grads: &grads, sum: None };
     model.visit(&mut visitor);
     let Some(sum) = visitor.sum else { return (grads, 0.0) };
     let norm = sum.sqrt();
     let value: f32 = norm.clone().into_scalar();
+    (scale_to_max(model, grads, norm, value, max_norm), value)
+}
+
+/// The gradients scaled as [`clip_global`] scales them when their global norm is `norm` (read
+/// back from the device that computed it). A data-parallel replica takes the main replica's
+/// norm this way, so that every replica scales by the same factor: two GPUs may reduce in
+/// different orders and round the norm differently, and the replicas would drift apart.
+pub fn clip_to_norm<M: Module>(
+    model: &M,
+    grads: GradientsParams,
+    norm: f32,
+    max_norm: f32,
+    device: &Device,
+) -> GradientsParams {
+    let tensor = Tensor::<1>::from_data(TensorData::from([norm]), device);
+    scale_to_max(model, grads, tensor, norm, max_norm)
+}
+
+fn scale_to_max<M: Module>(
+    model: &M,
+    mut grads: GradientsParams,
+    norm: Tensor<1>,
+    value: f32,
+    max_norm: f32,
+) -> GradientsParams {
     if max_norm > 0.0 && value.is_finite() && value > max_norm {
         let factor = norm.add_scalar(1e-6).recip().mul_scalar(max_norm);
         model.visit(&mut ScaleGrads { grads: &mut grads, factor });
     }
-    (grads, value)
+    grads
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::nn::{Linear, LinearConfig};
-    use burn::tensor::Device;
 
     #[derive(Module, Debug)]
     struct Two {
@@ -190,6 +214,10 @@ mod tests {
         let diff = |x: Tensor<2>, y: Tensor<2>| (x - y.mul_scalar(factor)).abs().max().into_scalar::<f32>();
         assert!(diff(after_a, before_a) < 1e-5);
         assert!(diff(after_b, before_b) < 1e-5);
+        // Given the same norm, a data-parallel replica scales to the same bits.
+        let replica = clip_to_norm(&model, grads_of(&model, 100.0, &device), reported, 1.0, &Device::flex());
+        let bits = |g: &GradientsParams| g.get::<2>(model.a.weight.id).unwrap().into_data();
+        assert_eq!(bits(&replica), bits(&clipped));
         // Small gradients are left alone.
         let small = grads_of(&model, 1e-4, &device);
         let n = norm_of(&model, &small);

@@ -512,7 +512,9 @@ pub fn train(
                     tracing::warn!("{}: diverged at step {step}", run.display());
                     return Ok(status);
                 }
+                replicas.clip_by(grad_norm).map_err(|e| err(run, e))?;
                 model = optim.step(lr, model, grads);
+                replicas.stepped().map_err(|e| err(run, e))?;
                 step += 1;
                 // A spike: the loss jumps well above its running mean.
                 let spike = loss_ema.is_some_and(|ema| step > 10 && loss > 1.5 * ema);
@@ -593,7 +595,10 @@ pub fn train(
             write_status(run, &status)?;
             Ok(status)
         };
-        let result = steps();
+        let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(steps)) {
+            Ok(result) => result,
+            Err(panic) => replicas.after_panic(panic),
+        };
         match (result, replicas.finish()) {
             (result, Ok(())) => result,
             (Ok(_), Err(failed)) => Err(err(run, failed)),

@@ -22,6 +22,7 @@
 //! dropout is not bit-reproducible across data-parallel runs (without dropout it is).
 
 use std::any::Any;
+use std::cell::Cell;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::thread::{Scope, ScopedJoinHandle};
 
@@ -88,6 +89,9 @@ pub(crate) struct Replicas<'scope> {
     sync: GradSync,
     /// Every replica's device (the main one first), for the collective.
     devices: Vec<Device>,
+    /// Between handing out a step and the end of its sum: workers may be waiting in a
+    /// collective that needs the main thread.
+    summing: Cell<bool>,
 }
 
 impl<'scope> Replicas<'scope> {
@@ -113,17 +117,26 @@ impl<'scope> Replicas<'scope> {
                 let model = model.clone().fork(&device.clone().autodiff());
                 let (optim, device_, group) = (optim.clone(), device.clone(), devices.clone());
                 let handle = scope.spawn(move || {
-                    // An error here means the main thread hung up: the run is over.
-                    let _ = work(model, optim, &device_, rx, tx, sync, &group, exp, layout);
+                    let run = || work(model, optim, &device_, rx, tx, sync, &group, exp, layout);
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+                        // An error means the main thread hung up: the run is over.
+                        Ok(_) => {}
+                        // The other replicas may wait for this one in a collective.
+                        Err(panic) if sync == GradSync::Collective => {
+                            exit_from_collective(&format!("{device_:?}"), &*panic)
+                        }
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
                 });
                 Worker { device: device.clone(), to, from, handle }
             })
             .collect();
-        Self { workers, sync, devices }
+        Self { workers, sync, devices, summing: Cell::new(false) }
     }
 
     /// Hands each worker its share of the step (`shares[0]` is the main replica's, kept).
     pub(crate) fn hand_out(&self, lr: f64, probe: bool, shares: &mut Vec<Vec<(usize, Batch)>>) -> Result<(), String> {
+        self.summing.set(true);
         for (worker, batches) in self.workers.iter().zip(shares.drain(1..)) {
             worker.send(ToWorker::Step { lr, probe, batches })?;
         }
@@ -142,6 +155,8 @@ impl<'scope> Replicas<'scope> {
         if self.workers.is_empty() {
             return Ok((grads, measured));
         }
+        // Workers wait for nothing more from a collective once they have sent their share.
+        let _done = Finally(|| self.summing.set(false));
         let mut share = |worker: &Worker| -> Result<Option<Vec<Option<Tensor<1>>>>, String> {
             match worker.from.recv() {
                 Ok(FromWorker::Share { measured: theirs, grads }) => {
@@ -205,19 +220,35 @@ impl<'scope> Replicas<'scope> {
         if failed.is_empty() { Ok(()) } else { Err(failed.join("; ")) }
     }
 
-    /// After the main replica panicked. Workers waiting on a collective that the main thread
-    /// will never join cannot be woken, and joining them would hang: the process exits, with
-    /// the message. Otherwise the workers are stopped and the panic goes on.
+    /// After the main replica panicked. If it did while workers may be waiting in a collective
+    /// that the main thread will never join, they cannot be woken and joining them would hang:
+    /// the process exits, with the message. Otherwise the workers are stopped and the panic
+    /// goes on.
     pub(crate) fn after_panic(self, panic: Box<dyn Any + Send>) -> ! {
-        if self.sync == GradSync::Collective && !self.workers.is_empty() {
-            let message = panic_message(&*panic);
-            tracing::error!("the main replica failed during a data-parallel step: {message}");
-            eprintln!("error: the main replica failed during a data-parallel step: {message}");
-            std::process::exit(101);
+        if self.sync == GradSync::Collective && !self.workers.is_empty() && self.summing.get() {
+            exit_from_collective("main", &*panic);
         }
         let _ = self.finish();
         std::panic::resume_unwind(panic)
     }
+}
+
+/// Runs a closure when dropped, on every way out of a scope.
+struct Finally<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Finally<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+/// A replica failed while the others may be blocked in a collective (NCCL) that will never
+/// complete: nothing can wake them, so the process exits with the message.
+fn exit_from_collective(replica: &str, panic: &(dyn Any + Send)) -> ! {
+    let message = panic_message(panic);
+    tracing::error!("the {replica} replica failed during a data-parallel step: {message}");
+    eprintln!("error: the {replica} replica failed during a data-parallel step: {message}");
+    std::process::exit(101)
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {

@@ -15,9 +15,10 @@ use chameleon_model::ChameleonConfig;
 use crate::experiment::{Experiment, TrainConfig};
 use crate::optim::{OptimConfig, Schedule};
 
-/// A tiny experiment and its data, prepared in `root` on `device` (reseeding its RNG): 24 caption pairs, a random VQ
-/// (16 codes per image), the fixture tokenizer; d 32, 2 layers, 2 heads, dropout 0.1, z-loss
-/// 1e-4; 8 steps of 2 micro-batches of 2 × 40 tokens, a checkpoint every 4.
+/// A tiny experiment and its data, prepared in `root` on `device` (reseeding its RNG): 24
+/// caption pairs, a random VQ (16 codes per image), the fixture tokenizer; d 32, 2 layers, 2
+/// heads, dropout 0.1, z-loss 1e-4; 8 steps of 2 micro-batches of 2 × 40 tokens, a checkpoint
+/// every 4.
 pub fn tiny_experiment(root: &Path, device: &Device) -> Result<(Experiment, Prepared), Box<dyn std::error::Error>> {
     let pairs = fixtures::write_caption_pairs(root, 24, |i| format!("picture {i} of a king"))?;
     // The same random VQ, and so the same image codes, every time.

@@ -27,15 +27,19 @@ pub fn parse(spec: &str) -> Result<Device> {
 /// it as data-parallel replicas, summing gradients with NCCL when they are all GPUs.
 pub fn training(spec: &str, precision: Precision, device: &Device) -> Result<RunOptions> {
     let names: Vec<&str> = spec.split(',').map(str::trim).collect();
+    if let Some(i) = names.iter().position(|n| n.is_empty()) {
+        bail!("--device {spec}: entry {} of the list is empty", i + 1);
+    }
     let replicas = names[1..].iter().map(|n| parse_one(n)).collect::<Result<Vec<_>>>()?;
     let gpus: Vec<usize> = names.iter().filter_map(|n| gpu_index(n)).collect();
     if let Some(twice) = gpus.iter().enumerate().find_map(|(i, g)| gpus[..i].contains(g).then_some(*g)) {
         bail!("--device {spec}: cuda:{twice} is listed twice (one replica per GPU)");
     }
-    let grad_sync = if !replicas.is_empty() && gpus.len() == names.len() && nccl_present() {
+    let all_gpus = !replicas.is_empty() && gpus.len() == names.len();
+    let grad_sync = if all_gpus && nccl_present() {
         GradSync::Collective
     } else {
-        if !gpus.is_empty() && !replicas.is_empty() {
+        if all_gpus {
             tracing::warn!("NCCL (libnccl.so.2) not found: replicas sum their gradients through the main thread");
         }
         GradSync::Host
@@ -131,5 +135,21 @@ pub fn peak(spec: &str, precision: Precision, device: &Device) -> Option<Peak> {
             peak
         }
         None => Some(measure_matmul_peak(device, precision, 1024, 25)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_lists_name_what_is_wrong() {
+        let cpu = Device::flex();
+        let empty = training("cpu,", Precision::F32, &cpu).unwrap_err().to_string();
+        assert!(empty.contains("--device cpu,") && empty.contains("entry 2"), "{empty}");
+        let unknown = training("cpu,gpu", Precision::F32, &cpu).unwrap_err().to_string();
+        assert!(unknown.contains("\"gpu\""), "{unknown}");
+        assert_eq!(first(" cuda:1 ,cuda:0"), "cuda:1");
+        assert!(is_list("cpu,cpu") && !is_list("cuda:0"));
     }
 }

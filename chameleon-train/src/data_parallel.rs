@@ -155,8 +155,6 @@ impl<'scope> Replicas<'scope> {
         if self.workers.is_empty() {
             return Ok((grads, measured));
         }
-        // Workers wait for nothing more from a collective once they have sent their share.
-        let _done = Finally(|| self.summing.set(false));
         let mut share = |worker: &Worker| -> Result<Option<Vec<Option<Tensor<1>>>>, String> {
             match worker.from.recv() {
                 Ok(FromWorker::Share { measured: theirs, grads }) => {
@@ -166,7 +164,7 @@ impl<'scope> Replicas<'scope> {
                 _ => Err(worker.stopped()),
             }
         };
-        match self.sync {
+        let summed = match self.sync {
             GradSync::Collective => {
                 let grads = all_reduce_sum(model, grads, &self.devices);
                 for worker in &self.workers {
@@ -192,7 +190,11 @@ impl<'scope> Replicas<'scope> {
                 }
                 Ok((unflatten(model, sum, main), measured))
             }
-        }
+        };
+        // Workers wait for nothing more from a collective once they have sent their share (a
+        // panic above leaves the flag up, on purpose).
+        self.summing.set(false);
+        summed
     }
 
     /// Hands the main replica's gradient norm to the workers, which then clip and step.
@@ -230,15 +232,6 @@ impl<'scope> Replicas<'scope> {
         }
         let _ = self.finish();
         std::panic::resume_unwind(panic)
-    }
-}
-
-/// Runs a closure when dropped, on every way out of a scope.
-struct Finally<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for Finally<F> {
-    fn drop(&mut self) {
-        (self.0)()
     }
 }
 

@@ -83,6 +83,32 @@ impl Worker<'_> {
     }
 }
 
+/// Runs `body` (the main replica's training loop) with a worker replica on each of `others`
+/// (none: `body` just runs), each started from `model` and `optim` as initialised or restored;
+/// then stops the workers. Returns the body's result, and `Err` naming each worker that
+/// panicked. A panic in `body` goes on once the workers have stopped, or exits the process if
+/// they may be blocked in a collective (see [`Replicas::after_panic`]).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn with_replicas<R>(
+    main: &Device,
+    others: &[Device],
+    sync: GradSync,
+    model: Chameleon,
+    optim: ModuleOptimizer,
+    exp: &Experiment,
+    layout: &VocabLayout,
+    body: impl FnOnce(&Replicas) -> R,
+) -> (R, Result<(), String>) {
+    std::thread::scope(|scope| {
+        let replicas = Replicas::spawn(scope, main, others, sync, model, optim, exp, layout);
+        let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(&replicas))) {
+            Ok(result) => result,
+            Err(panic) => replicas.after_panic(panic),
+        };
+        (result, replicas.finish())
+    })
+}
+
 /// The replicas besides the main one (none on a single device).
 pub(crate) struct Replicas<'scope> {
     workers: Vec<Worker<'scope>>,
@@ -95,16 +121,16 @@ pub(crate) struct Replicas<'scope> {
 }
 
 impl<'scope> Replicas<'scope> {
-    /// Starts one thread per device in `others`, each with a copy of `model` and `optim` (the
-    /// main replica's, as initialised or restored) on its device.
+    /// Starts one thread per device in `others`, each with a copy of `model` and `optim` on its
+    /// device.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn spawn<'env>(
+    fn spawn<'env>(
         scope: &'scope Scope<'scope, 'env>,
         main: &Device,
         others: &[Device],
         sync: GradSync,
-        model: &Chameleon,
-        optim: &ModuleOptimizer,
+        model: Chameleon,
+        optim: ModuleOptimizer,
         exp: &'env Experiment,
         layout: &'env VocabLayout,
     ) -> Self {
@@ -211,7 +237,7 @@ impl<'scope> Replicas<'scope> {
     }
 
     /// Stops the workers and waits for them; a worker that panicked is reported.
-    pub(crate) fn finish(self) -> Result<(), String> {
+    fn finish(self) -> Result<(), String> {
         let mut failed = Vec::new();
         for Worker { device, to, from, handle } in self.workers {
             drop((to, from));
@@ -226,7 +252,7 @@ impl<'scope> Replicas<'scope> {
     /// that the main thread will never join, they cannot be woken and joining them would hang:
     /// the process exits, with the message. Otherwise the workers are stopped and the panic
     /// goes on.
-    pub(crate) fn after_panic(self, panic: Box<dyn Any + Send>) -> ! {
+    fn after_panic(self, panic: Box<dyn Any + Send>) -> ! {
         if self.sync == GradSync::Collective && !self.workers.is_empty() && self.summing.get() {
             exit_from_collective("main", &*panic);
         }

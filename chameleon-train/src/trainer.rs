@@ -23,7 +23,7 @@ use chameleon_data::{Batch, Mixture, MixtureState, Modality, Prepared, VocabLayo
 use chameleon_model::{Chameleon, ChameleonConfig, log_sum_exp};
 use serde::{Deserialize, Serialize};
 
-use crate::data_parallel::{GradSync, Replicas};
+use crate::data_parallel::{GradSync, Replicas, with_replicas};
 use crate::experiment::Experiment;
 use crate::optim::clip_global;
 use crate::speed::{Peak, mfu};
@@ -456,155 +456,151 @@ pub fn train(
     if replica_count > 1 {
         tracing::info!("data parallel: {replica_count} replicas, {:?} gradient sum", options.grad_sync);
     }
-    std::thread::scope(|scope| {
-        let replicas =
-            Replicas::spawn(scope, device, &options.replicas, options.grad_sync, &model, &optim, exp, &layout);
-        let steps = || -> Result<Status, TrainError> {
-            while step < stop {
-                let started = std::time::Instant::now();
-                train_device.seed(seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                let progress = step as f64 / total as f64;
-                let lr = exp.schedule.lr(exp.optim.learning_rate, step, total);
-                let (mut ce, mut z, mut ce_text, mut ce_image) = (0.0, 0.0, Vec::new(), Vec::new());
-                let mut by_source = vec![(0.0f64, 0.0f64); mixture.sources().len()];
-                let (mut lz_mean, mut lz_max) = (0.0, f64::NEG_INFINITY);
-                let mut diags = Vec::new();
-                let probe_every = exp.train.probe_every.max(1);
-                // A function of the step alone (not of --max-steps), so a resumed run probes as an
-                // uninterrupted one does.
-                let probe = step % probe_every == 0 || step + 1 == total;
-                // Micro-batch i of the step goes to replica i mod K.
-                let mut shares = vec![Vec::new(); replica_count];
-                for i in 0..accum {
-                    shares[i % replica_count].push((i, mixture.next_batch(progress, exp.train.micro_batch)));
+    // The replicas start from the weights and optimizer state as initialised or restored.
+    let (start, start_optim) = (model.clone(), optim.clone());
+    let steps = |replicas: &Replicas| -> Result<Status, TrainError> {
+        while step < stop {
+            let started = std::time::Instant::now();
+            train_device.seed(seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let progress = step as f64 / total as f64;
+            let lr = exp.schedule.lr(exp.optim.learning_rate, step, total);
+            let (mut ce, mut z, mut ce_text, mut ce_image) = (0.0, 0.0, Vec::new(), Vec::new());
+            let mut by_source = vec![(0.0f64, 0.0f64); mixture.sources().len()];
+            let (mut lz_mean, mut lz_max) = (0.0, f64::NEG_INFINITY);
+            let mut diags = Vec::new();
+            let probe_every = exp.train.probe_every.max(1);
+            // A function of the step alone (not of --max-steps), so a resumed run probes as an
+            // uninterrupted one does.
+            let probe = step % probe_every == 0 || step + 1 == total;
+            // Micro-batch i of the step goes to replica i mod K.
+            let mut shares = vec![Vec::new(); replica_count];
+            for i in 0..accum {
+                shares[i % replica_count].push((i, mixture.next_batch(progress, exp.train.micro_batch)));
+            }
+            replicas.hand_out(lr, probe, &mut shares).map_err(|e| err(run, e))?;
+            let (mut measured, grads) = forward_backward(&model, &shares[0], exp, &layout, probe, &train_device);
+            let (grads, theirs) = replicas.sum(&model, grads, device).map_err(|e| err(run, e))?;
+            measured.extend(theirs);
+            measured.sort_by_key(|m| m.index);
+            for m in measured {
+                for (source, sum, n) in m.rows {
+                    let entry = &mut by_source[source];
+                    (entry.0, entry.1) = (entry.0 + sum, entry.1 + n);
                 }
-                replicas.hand_out(lr, probe, &mut shares).map_err(|e| err(run, e))?;
-                let (mut measured, grads) = forward_backward(&model, &shares[0], exp, &layout, probe, &train_device);
-                let (grads, theirs) = replicas.sum(&model, grads, device).map_err(|e| err(run, e))?;
-                measured.extend(theirs);
-                measured.sort_by_key(|m| m.index);
-                for m in measured {
-                    for (source, sum, n) in m.rows {
-                        let entry = &mut by_source[source];
-                        (entry.0, entry.1) = (entry.0 + sum, entry.1 + n);
+                ce += m.ce / accum as f64;
+                z += m.z / accum as f64;
+                ce_text.extend(m.ce_text);
+                ce_image.extend(m.ce_image);
+                lz_mean += m.log_z_mean / accum as f64;
+                lz_max = lz_max.max(m.log_z_max);
+                diags.extend(m.diag);
+            }
+            let (grads, grad_norm) = clip_global(&model, grads, exp.optim.grad_clip);
+            tokens += (accum * exp.train.micro_batch * exp.data.seq_len) as u64;
+            let loss = ce + z;
+            if !loss.is_finite() || !grad_norm.is_finite() {
+                status = Status {
+                    state: "diverged".into(),
+                    step,
+                    reason: Some(format!(
+                        "non-finite {} at step {step}",
+                        if loss.is_finite() { "gradient" } else { "loss" }
+                    )),
+                };
+                write_status(run, &status)?;
+                tracing::warn!("{}: diverged at step {step}", run.display());
+                return Ok(status);
+            }
+            replicas.clip_by(grad_norm).map_err(|e| err(run, e))?;
+            model = optim.step(lr, model, grads);
+            replicas.stepped().map_err(|e| err(run, e))?;
+            step += 1;
+            // A spike: the loss jumps well above its running mean.
+            let spike = loss_ema.is_some_and(|ema| step > 10 && loss > 1.5 * ema);
+            if spike {
+                bar.suspend(|| tracing::warn!("{}: loss spike at step {step}: {loss:.4}", run.display()));
+            }
+            loss_ema = Some(loss_ema.map_or(loss, |ema| 0.95 * ema + 0.05 * loss));
+            let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+            let tokens_per_s =
+                (accum * exp.train.micro_batch * exp.data.seq_len) as f64 / started.elapsed().as_secs_f64();
+            let mut row = serde_json::json!({
+                "step": step, "tokens": tokens, "loss": loss, "ce": ce, "z_loss": z,
+                "ce_text": mean(&ce_text), "ce_image": mean(&ce_image), "lr": lr, "grad_norm": grad_norm,
+                "tokens_per_s": tokens_per_s, "log_z_mean": lz_mean, "log_z_max": lz_max, "loss_spike": spike,
+            });
+            if by_source.len() > 1 {
+                let per: serde_json::Map<String, serde_json::Value> = mixture
+                    .sources()
+                    .iter()
+                    .zip(&by_source)
+                    .filter(|(_, (_, n))| *n > 0.0)
+                    .map(|(name, (sum, n))| (name.clone(), (sum / n).into()))
+                    .collect();
+                row["ce_by_source"] = per.into();
+            }
+            if let Some(first) = diags.first() {
+                let layers = first.0.len();
+                let attn: Vec<f64> =
+                    (0..layers).map(|l| diags.iter().map(|d| d.0[l]).fold(f64::MIN, f64::max)).collect();
+                let rms: Vec<f64> =
+                    (0..layers).map(|l| diags.iter().map(|d| d.1[l]).sum::<f64>() / diags.len() as f64).collect();
+                row["max_attn_logit"] = attn.iter().copied().fold(f64::MIN, f64::max).into();
+                row["max_attn_logit_per_layer"] = attn.into();
+                row["output_rms"] = rms.into();
+            }
+            if let Some(peak) = &options.peak {
+                // Per device: the replicas share the step's tokens.
+                row["mfu"] = (mfu(&config, exp.data.seq_len, tokens_per_s, peak) / replica_count as f64).into();
+            }
+            if let Some(h) = held_out.as_mut()
+                && step % exp.train.eval_every == 0
+            {
+                row["eval_ce"] = evaluate(&model.valid(), h, exp, &layout, device).into();
+            }
+            writeln!(metrics, "{row}").map_err(|e| err(&run.join(METRICS_FILE), e))?;
+            bar.set_message(format!("loss {loss:.4}"));
+            bar.set_position(step as u64);
+            if bar.is_hidden() && (step % report_every == 0 || step == stop) {
+                tracing::info!(
+                    "{}: step {step}/{stop}, loss {loss:.4}, lr {lr:.2e}, grad norm {grad_norm:.3}",
+                    run.display()
+                );
+            }
+            let interrupted = stop_requested();
+            let last = step == stop || interrupted;
+            if (every > 0 && step % every == 0) || last {
+                let dir = run.join(format!("checkpoint-{step:07}"));
+                let state = TrainState { step, tokens, mixture: mixture.state().clone(), loss_ema };
+                save_checkpoint(&dir, &model, &optim, &state)?;
+                write_proportions(run, &mixture)?;
+                if !kept.contains(&dir) {
+                    kept.push_back(dir);
+                }
+                while kept.len() > exp.train.keep_checkpoints.max(1) {
+                    if let Some(old) = kept.pop_front() {
+                        let _ = std::fs::remove_dir_all(old);
                     }
-                    ce += m.ce / accum as f64;
-                    z += m.z / accum as f64;
-                    ce_text.extend(m.ce_text);
-                    ce_image.extend(m.ce_image);
-                    lz_mean += m.log_z_mean / accum as f64;
-                    lz_max = lz_max.max(m.log_z_max);
-                    diags.extend(m.diag);
-                }
-                let (grads, grad_norm) = clip_global(&model, grads, exp.optim.grad_clip);
-                tokens += (accum * exp.train.micro_batch * exp.data.seq_len) as u64;
-                let loss = ce + z;
-                if !loss.is_finite() || !grad_norm.is_finite() {
-                    status = Status {
-                        state: "diverged".into(),
-                        step,
-                        reason: Some(format!(
-                            "non-finite {} at step {step}",
-                            if loss.is_finite() { "gradient" } else { "loss" }
-                        )),
-                    };
-                    write_status(run, &status)?;
-                    tracing::warn!("{}: diverged at step {step}", run.display());
-                    return Ok(status);
-                }
-                replicas.clip_by(grad_norm).map_err(|e| err(run, e))?;
-                model = optim.step(lr, model, grads);
-                replicas.stepped().map_err(|e| err(run, e))?;
-                step += 1;
-                // A spike: the loss jumps well above its running mean.
-                let spike = loss_ema.is_some_and(|ema| step > 10 && loss > 1.5 * ema);
-                if spike {
-                    bar.suspend(|| tracing::warn!("{}: loss spike at step {step}: {loss:.4}", run.display()));
-                }
-                loss_ema = Some(loss_ema.map_or(loss, |ema| 0.95 * ema + 0.05 * loss));
-                let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
-                let tokens_per_s =
-                    (accum * exp.train.micro_batch * exp.data.seq_len) as f64 / started.elapsed().as_secs_f64();
-                let mut row = serde_json::json!({
-                    "step": step, "tokens": tokens, "loss": loss, "ce": ce, "z_loss": z,
-                    "ce_text": mean(&ce_text), "ce_image": mean(&ce_image), "lr": lr, "grad_norm": grad_norm,
-                    "tokens_per_s": tokens_per_s, "log_z_mean": lz_mean, "log_z_max": lz_max, "loss_spike": spike,
-                });
-                if by_source.len() > 1 {
-                    let per: serde_json::Map<String, serde_json::Value> = mixture
-                        .sources()
-                        .iter()
-                        .zip(&by_source)
-                        .filter(|(_, (_, n))| *n > 0.0)
-                        .map(|(name, (sum, n))| (name.clone(), (sum / n).into()))
-                        .collect();
-                    row["ce_by_source"] = per.into();
-                }
-                if let Some(first) = diags.first() {
-                    let layers = first.0.len();
-                    let attn: Vec<f64> =
-                        (0..layers).map(|l| diags.iter().map(|d| d.0[l]).fold(f64::MIN, f64::max)).collect();
-                    let rms: Vec<f64> =
-                        (0..layers).map(|l| diags.iter().map(|d| d.1[l]).sum::<f64>() / diags.len() as f64).collect();
-                    row["max_attn_logit"] = attn.iter().copied().fold(f64::MIN, f64::max).into();
-                    row["max_attn_logit_per_layer"] = attn.into();
-                    row["output_rms"] = rms.into();
-                }
-                if let Some(peak) = &options.peak {
-                    // Per device: the replicas share the step's tokens.
-                    row["mfu"] = (mfu(&config, exp.data.seq_len, tokens_per_s, peak) / replica_count as f64).into();
-                }
-                if let Some(h) = held_out.as_mut()
-                    && step % exp.train.eval_every == 0
-                {
-                    row["eval_ce"] = evaluate(&model.valid(), h, exp, &layout, device).into();
-                }
-                writeln!(metrics, "{row}").map_err(|e| err(&run.join(METRICS_FILE), e))?;
-                bar.set_message(format!("loss {loss:.4}"));
-                bar.set_position(step as u64);
-                if bar.is_hidden() && (step % report_every == 0 || step == stop) {
-                    tracing::info!(
-                        "{}: step {step}/{stop}, loss {loss:.4}, lr {lr:.2e}, grad norm {grad_norm:.3}",
-                        run.display()
-                    );
-                }
-                let interrupted = stop_requested();
-                let last = step == stop || interrupted;
-                if (every > 0 && step % every == 0) || last {
-                    let dir = run.join(format!("checkpoint-{step:07}"));
-                    let state = TrainState { step, tokens, mixture: mixture.state().clone(), loss_ema };
-                    save_checkpoint(&dir, &model, &optim, &state)?;
-                    write_proportions(run, &mixture)?;
-                    if !kept.contains(&dir) {
-                        kept.push_back(dir);
-                    }
-                    while kept.len() > exp.train.keep_checkpoints.max(1) {
-                        if let Some(old) = kept.pop_front() {
-                            let _ = std::fs::remove_dir_all(old);
-                        }
-                    }
-                }
-                status.step = step;
-                if interrupted {
-                    tracing::info!("{}: stopped at step {step} on request (checkpoint written)", run.display());
-                    break;
                 }
             }
-            bar.finish_and_clear();
-            status.state = if step >= total { "done" } else { "stopped" }.into();
-            write_status(run, &status)?;
-            Ok(status)
-        };
-        let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(steps)) {
-            Ok(result) => result,
-            Err(panic) => replicas.after_panic(panic),
-        };
-        match (result, replicas.finish()) {
-            (result, Ok(())) => result,
-            (Ok(_), Err(failed)) => Err(err(run, failed)),
-            (Err(e), Err(failed)) => Err(err(&e.path, format!("{}; {failed}", e.message))),
+            status.step = step;
+            if interrupted {
+                tracing::info!("{}: stopped at step {step} on request (checkpoint written)", run.display());
+                break;
+            }
         }
-    })
+        bar.finish_and_clear();
+        status.state = if step >= total { "done" } else { "stopped" }.into();
+        write_status(run, &status)?;
+        Ok(status)
+    };
+    let (result, workers) =
+        with_replicas(device, &options.replicas, options.grad_sync, start, start_optim, exp, &layout, steps);
+    match (result, workers) {
+        (result, Ok(())) => result,
+        (Ok(_), Err(failed)) => Err(err(run, failed)),
+        (Err(e), Err(failed)) => Err(err(&e.path, format!("{}; {failed}", e.message))),
+    }
 }
 
 #[cfg(test)]

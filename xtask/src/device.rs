@@ -23,9 +23,15 @@ pub fn parse(spec: &str) -> Result<Device> {
     parse_one(first(spec))
 }
 
-/// Training options from `--device`: the MFU peak of the first device, and the devices after
-/// it as data-parallel replicas, summing gradients with NCCL when they are all GPUs.
+/// Training options from `--device`: the MFU peak of the first device, and the [`replicas`].
 pub fn training(spec: &str, precision: Precision, device: &Device) -> Result<RunOptions> {
+    let (replicas, grad_sync) = replicas(spec)?;
+    Ok(RunOptions { peak: peak(spec, precision, device), replicas, grad_sync, ..RunOptions::default() })
+}
+
+/// The devices after the first of a `--device` list, as data-parallel replicas, and how they
+/// sum their gradients: with NCCL when every device is a GPU and NCCL loads.
+pub fn replicas(spec: &str) -> Result<(Vec<Device>, GradSync)> {
     let names: Vec<&str> = spec.split(',').map(str::trim).collect();
     if let Some(i) = names.iter().position(|n| n.is_empty()) {
         bail!("--device {spec}: entry {} of the list is empty", i + 1);
@@ -44,7 +50,7 @@ pub fn training(spec: &str, precision: Precision, device: &Device) -> Result<Run
         }
         GradSync::Host
     };
-    Ok(RunOptions { peak: peak(spec, precision, device), replicas, grad_sync, ..RunOptions::default() })
+    Ok((replicas, grad_sync))
 }
 
 #[cfg(feature = "cuda")]

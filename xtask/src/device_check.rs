@@ -259,15 +259,15 @@ fn data_parallel(list: &str) -> Result<Vec<String>> {
         };
         train(&exp, &prepared, &dir.join("one"), &main, &RunOptions::default())?;
         let one = history(&dir.join("one"))?;
-        let chosen = crate::device::training(list, Precision::F32, &main)?;
-        let mut syncs = vec![chosen.grad_sync];
-        if chosen.grad_sync != GradSync::Host {
+        let (devices, chosen) = crate::device::replicas(list)?;
+        let mut syncs = vec![chosen];
+        if chosen != GradSync::Host {
             syncs.push(GradSync::Host);
         }
         let mut failed = Vec::new();
         for sync in syncs {
             let run = dir.join(format!("{sync:?}"));
-            let options = RunOptions { replicas: chosen.replicas.clone(), grad_sync: sync, ..RunOptions::default() };
+            let options = RunOptions { replicas: devices.clone(), grad_sync: sync, ..RunOptions::default() };
             let started = std::time::Instant::now();
             train(&exp, &prepared, &run, &main, &options)?;
             let many = history(&run)?;

@@ -4,7 +4,8 @@
 //! - Plots: loss, max attention logit, block-output RMS, log Z and grad norm over steps, one
 //!   panel per learning rate, one line per variant (the switches other than learning rate and
 //!   seed), log scale except log Z.
-//! - A table of every run: CE at the end, divergence step, the peaks of the probes.
+//! - A table of every run: CE at the end (training and held-out), divergence step, the peaks of
+//!   the probes.
 //! - LR sensitivity per variant (Wortsman et al. 2023): the mean over the learning-rate sweep of
 //!   `min(final CE, initial CE) − best CE`, where best is the lowest final CE of any run; a
 //!   diverged run counts as its initial CE. Lower is better: 0 means every learning rate reached
@@ -124,9 +125,10 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<PathBuf, ReportError>
     let _ = writeln!(md, "## Runs\n");
     let _ = writeln!(
         md,
-        "| run | switches | status | steps | CE at the end | peak max attention logit | peak block-output RMS | log Z at the end |"
+        "| run | switches | status | steps | CE at the end | held-out CE | peak max attention logit | \
+         peak block-output RMS | log Z at the end |"
     );
-    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|");
     for r in &watch.runs {
         let status = match &r.state {
             RunState::Diverged(why) => format!("diverged at step {} ({why})", r.status_step),
@@ -134,11 +136,12 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<PathBuf, ReportError>
         };
         let _ = writeln!(
             md,
-            "| `{}` | {} | {status} | {} | {} | {} | {} | {} |",
+            "| `{}` | {} | {status} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.switches,
             r.step(),
             num(r.final_ce()),
+            held_out(r),
             num(r.max(Metric::MaxAttnLogit)),
             num(r.max(Metric::OutputRms)),
             num(r.last(Metric::LogZ)),
@@ -147,7 +150,8 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<PathBuf, ReportError>
     let _ = writeln!(
         md,
         "\nCE at the end: the mean training cross-entropy of the last 10 steps, without the z-loss term. \
-         Peaks are over the run and the max over layers.\n"
+         Held-out CE: the run's last evaluation (`eval_ce`) on the fixed held-out set, the same tokens for \
+         every run, with its step when that is not the run's last. Peaks are over the run and the max over layers.\n"
     );
 
     let _ = writeln!(md, "## Learning-rate sensitivity\n");
@@ -219,6 +223,15 @@ fn sensitivity(runs: &[&RunView], variant_of: &dyn Fn(&RunView) -> String) -> Se
         })
         .collect();
     Sensitivity { by_variant, unfinished }
+}
+
+/// A run's last held-out CE, with its step when the run went on after it (or diverged).
+fn held_out(r: &RunView) -> String {
+    match r.last_eval() {
+        Some((step, ce)) if step == r.step() => num(Some(ce)),
+        Some((step, ce)) => format!("{} (step {step})", num(Some(ce))),
+        None => num(None),
+    }
 }
 
 fn num(v: Option<f64>) -> String {
@@ -347,8 +360,12 @@ mod tests {
                 .map(|s| {
                     let t = s as f64 / 20.0;
                     let ce = 8.0 + (ce_end - 8.0) * t;
+                    // Held out every 10 steps, 0.25 above the training CE; not at the step a
+                    // diverged run stopped.
+                    let eval =
+                        if s % 10 == 0 && !(diverged && s == 20) { format!(",\"eval_ce\":{}", ce + 0.25) } else { String::new() };
                     format!(
-                        "{{\"step\":{s},\"loss\":{ce},\"ce\":{ce},\"max_attn_logit\":{},\"output_rms\":[1.0,{}],\"log_z_mean\":{},\"grad_norm\":{}}}\n",
+                        "{{\"step\":{s},\"loss\":{ce},\"ce\":{ce},\"max_attn_logit\":{},\"output_rms\":[1.0,{}],\"log_z_mean\":{},\"grad_norm\":{}{eval}}}\n",
                         logit * t,
                         10.0 * t,
                         7.9 - t,
@@ -385,6 +402,11 @@ mod tests {
         }
         assert!(md.contains("QK-norm bounds the attention logits: **shown**"), "{md}");
         assert!(md.contains("diverged at step 20"), "{md}");
+        // Held-out CE: the last evaluation, 0.25 above the training CE of its step: qk at lr
+        // 3e-1 ends at CE 5.5 (step 20); the diverged noqk run last evaluated at step 10 (CE 7.75).
+        let row = |name: &str| md.lines().find(|l| l.starts_with(&format!("| `{name}`"))).unwrap().to_string();
+        assert!(row("qk-lr3e-1").contains("| 5.750 |"), "{}", row("qk-lr3e-1"));
+        assert!(row("noqk-lr3e-1").contains("| 8.000 (step 10) |"), "{}", row("noqk-lr3e-1"));
         // CE falls linearly from 8 to its end value; "CE at the end" averages steps 11–20, so it is
         // 8 + (end − 8)·0.775. qk: 6.295 (1e-2) and 6.0625 (3e-1), best 6.0625, gaps 0.2325 and 0.
         // noqk: 6.45 (1e-2) and, diverged, its initial CE 7.975: best 6.45, gaps 0 and 1.525.

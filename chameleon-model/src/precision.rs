@@ -170,7 +170,7 @@ mod tests {
             let grads = m.forward(tokens.clone()).cast(FloatDType::F32).sum().backward();
             let g = model.embed_tokens.weight.grad(&grads).expect("the master gets the gradient");
             assert_eq!(g.dtype(), DType::F32);
-            g.slice([5..6]).into_data().to_vec::<f32>().unwrap()
+            g.slice([5..6]).into_data().try_to_vec::<f32>().unwrap()
         };
         let (exact, mixed) = (row(&model), row(&Precision::Bf16.compute_copy(&model)));
         let scale = exact.iter().fold(0.0f32, |a, x| a.max(x.abs()));

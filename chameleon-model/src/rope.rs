@@ -45,7 +45,7 @@ mod tests {
     use burn::tensor::TensorData;
 
     fn values(t: Tensor<2>) -> Vec<f32> {
-        t.into_data().to_vec::<f32>().unwrap()
+        t.into_data().try_to_vec::<f32>().unwrap()
     }
 
     #[test]
@@ -84,7 +84,7 @@ mod tests {
             assert!((far - near).abs() < 1e-3, "shift {shift}: {far} vs {near}");
         }
         // Position 0 is the identity.
-        let zero = at(&q, 0).into_data().to_vec::<f32>().unwrap();
+        let zero = at(&q, 0).into_data().try_to_vec::<f32>().unwrap();
         assert_eq!(zero, q);
     }
 }

@@ -362,8 +362,8 @@ pub fn summary(dir: &Path) -> Result<String, String> {
     use crate::monitor::{Metric, RunState, Watch};
     let watch = Watch::open(dir)?;
     let mut out = format!(
-        "{:<28} {:<34} {:>13} {:>6} {:>8} {:>8} {:>14} {:>14} {:>7}\n",
-        "run", "switches", "status", "steps", "loss", "CE@end", "max attn logit", "max out RMS", "log Z"
+        "{:<28} {:<34} {:>13} {:>6} {:>8} {:>8} {:>12} {:>14} {:>14} {:>7}\n",
+        "run", "switches", "status", "steps", "loss", "CE@end", "held-out CE", "max attn logit", "max out RMS", "log Z"
     );
     let num = |v: Option<f64>, prec: usize| v.map_or_else(|| "-".to_string(), |v| format!("{v:.prec$}"));
     let big = |v: Option<f64>| {
@@ -374,20 +374,27 @@ pub fn summary(dir: &Path) -> Result<String, String> {
             RunState::Diverged(_) => format!("diverged@{}", r.status_step),
             s => s.word().to_string(),
         };
+        let held_out = match r.last_eval() {
+            Some((step, ce)) if step == r.step() => format!("{ce:.4}"),
+            Some((step, ce)) => format!("{ce:.4}@{step}"),
+            None => "-".to_string(),
+        };
         out += &format!(
-            "{:<28} {:<34} {:>13} {:>6} {:>8} {:>8} {:>14} {:>14} {:>7}\n",
+            "{:<28} {:<34} {:>13} {:>6} {:>8} {:>8} {:>12} {:>14} {:>14} {:>7}\n",
             r.name,
             r.switches,
             status,
             r.step(),
             num(r.last(Metric::Loss), 4),
             num(r.final_ce(), 4),
+            held_out,
             big(r.max(Metric::MaxAttnLogit)),
             big(r.max(Metric::OutputRms)),
             num(r.last(Metric::LogZ), 2),
         );
     }
     out += "(loss: the last step's; CE@end: mean cross-entropy of the last 10 steps, without the z-loss term;\n \
+            held-out CE: the last evaluation on the fixed held-out set, @step when not at the run's last step;\n \
             max attn logit and max out RMS: peaks over the run, max over layers; log Z: last step's mean)\n";
     out += "\nThe paper's findings, from pairs of runs that differ in one switch:\n";
     for f in crate::findings::findings(&watch.runs) {

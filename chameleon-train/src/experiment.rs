@@ -24,7 +24,7 @@ pub struct TrainConfig {
     pub z_loss: f64,
     /// Steps between held-out evaluations (0: never).
     pub eval_every: usize,
-    /// Held-out batches per evaluation.
+    /// Held-out batches, drawn once at the start of a run: every evaluation scores the same ones.
     pub eval_batches: usize,
     /// Steps between checkpoints (0: only at the end).
     pub checkpoint_every: usize,

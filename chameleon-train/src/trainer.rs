@@ -319,16 +319,35 @@ fn write_status(run: &Path, status: &Status) -> Result<(), TrainError> {
     std::fs::rename(&tmp, &path).map_err(|e| err(&path, e))
 }
 
-/// Mean held-out cross-entropy over `batches` batches.
-fn evaluate(model: &Chameleon, mixture: &mut Mixture, exp: &Experiment, layout: &VocabLayout, device: &Device) -> f64 {
-    let mut sum = 0.0;
+/// The held-out set: the first `eval_batches` batches of the held-out split, drawn once, so that
+/// every evaluation of a run (and of a resumed run, and of every run of an ablation) scores the
+/// same tokens and `eval_ce` curves compare across steps and runs.
+fn held_out_set(prepared: &Prepared, exp: &Experiment) -> Result<Vec<Batch>, TrainError> {
+    let mut mixture = open_mixture(prepared, &exp.data, Split::HeldOut).map_err(|e| err(&prepared.dir, e))?;
+    Ok((0..exp.train.eval_batches.max(1)).map(|_| mixture.next_batch(0.0, exp.train.micro_batch)).collect())
+}
+
+/// Held-out cross-entropy: overall, and on text and on image targets (each the mean over the
+/// set's batches that hold such targets; `None`, written as null, where none does).
+struct HeldOutCe {
+    all: f64,
+    text: Option<f64>,
+    image: Option<f64>,
+}
+
+/// Scores the held-out set's batches.
+fn evaluate(model: &Chameleon, set: &[Batch], exp: &Experiment, layout: &VocabLayout, device: &Device) -> HeldOutCe {
     let compute = exp.train.precision.compute_copy(model);
-    for _ in 0..exp.train.eval_batches.max(1) {
-        let batch = mixture.next_batch(0.0, exp.train.micro_batch);
-        let (l, _) = losses(&compute, &batch, layout, 0.0, false, exp.train.within_documents, device);
-        sum += l.ce.into_scalar::<f32>() as f64;
+    let scored: Vec<Losses> = set
+        .iter()
+        .map(|batch| losses(&compute, batch, layout, 0.0, false, exp.train.within_documents, device).0)
+        .collect();
+    let mean = |xs: Vec<f64>| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
+    HeldOutCe {
+        text: mean(scored.iter().filter_map(|l| l.ce_text).collect()),
+        image: mean(scored.iter().filter_map(|l| l.ce_image).collect()),
+        all: mean(scored.into_iter().map(|l| l.ce.into_scalar::<f32>() as f64).collect()).unwrap_or(f64::NAN),
     }
-    sum / exp.train.eval_batches.max(1) as f64
 }
 
 /// The experiment with the vocabulary size taken from the prepared data, as written to
@@ -379,11 +398,7 @@ pub fn train(
 
     let train_device = device.clone().autodiff();
     let mut mixture = open_mixture(prepared, &exp.data, Split::Train).map_err(|e| err(&prepared.dir, e))?;
-    let mut held_out = if exp.train.eval_every > 0 {
-        Some(open_mixture(prepared, &exp.data, Split::HeldOut).map_err(|e| err(&prepared.dir, e))?)
-    } else {
-        None
-    };
+    let held_out = if exp.train.eval_every > 0 { Some(held_out_set(prepared, exp)?) } else { None };
     let seed = exp.train.seed;
     train_device.seed(seed);
     let mut model = config.init(&train_device);
@@ -553,10 +568,13 @@ pub fn train(
                 // Per device: the replicas share the step's tokens.
                 row["mfu"] = (mfu(&config, exp.data.seq_len, tokens_per_s, peak) / replica_count as f64).into();
             }
-            if let Some(h) = held_out.as_mut()
+            if let Some(set) = &held_out
                 && step % exp.train.eval_every == 0
             {
-                row["eval_ce"] = evaluate(&model.valid(), h, exp, &layout, device).into();
+                let ce = evaluate(&model.valid(), set, exp, &layout, device);
+                row["eval_ce"] = ce.all.into();
+                row["eval_ce_text"] = ce.text.into();
+                row["eval_ce_image"] = ce.image.into();
             }
             writeln!(metrics, "{row}").map_err(|e| err(&run.join(METRICS_FILE), e))?;
             bar.set_message(format!("loss {loss:.4}"));

@@ -25,6 +25,18 @@ fn losses(run: &Path) -> BTreeMap<u64, (String, String)> {
         .collect()
 }
 
+/// `eval_ce` by step, as written (the steps that evaluated).
+fn eval_ces(run: &Path) -> BTreeMap<u64, String> {
+    std::fs::read_to_string(run.join(METRICS_FILE))
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.get("eval_ce").map(|e| (v["step"].as_u64().unwrap(), e.to_string()))
+        })
+        .collect()
+}
+
 /// burn's RNG (dropout, initialisation) is one per process and tests run on threads of one
 /// process: each test holds this while it trains, or the runs would draw from each other's stream.
 static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -145,12 +157,25 @@ fn resume_is_exact_with_sparse_probes_and_no_dropout() {
     let Fixture { dir, _rng, device, mut exp, prepared } = setup(false);
     let root = dir.path();
     exp.train.probe_every = 3;
+    exp.train.eval_every = 2;
     let whole = root.join("whole");
     train(&exp, &prepared, &whole, &device, &RunOptions::default()).unwrap();
     let split = root.join("split");
     train_in_two_parts(&exp, &prepared, &split, &device, RunOptions::default());
     assert_eq!(losses(&whole), losses(&split), "a resumed run with sparse probes differs");
     assert_eq!(losses(&whole).len(), 8);
+    // Every evaluation scores the same held-out batches, so a resumed run evaluates as the
+    // uninterrupted one did, and the held-out loss falls as the model learns.
+    let evals = eval_ces(&whole);
+    assert_eq!(evals.keys().copied().collect::<Vec<_>>(), vec![2, 4, 6, 8]);
+    assert_eq!(evals, eval_ces(&split), "a resumed run evaluates on other held-out data");
+    let ce = |step| evals[&step].parse::<f64>().unwrap();
+    assert!(ce(8) < ce(2), "held-out CE should fall over training: {evals:?}");
+    // By modality too: the caption pairs hold text and image targets.
+    let last = std::fs::read_to_string(whole.join(METRICS_FILE)).unwrap().lines().last().map(str::to_string).unwrap();
+    let last: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let (text, image) = (last["eval_ce_text"].as_f64().unwrap(), last["eval_ce_image"].as_f64().unwrap());
+    assert!(text.is_finite() && image.is_finite() && text > 0.0 && image > 0.0, "text {text}, image {image}");
 }
 
 /// Losses and gradient norms of two runs agree within `rel` at every step.

@@ -22,10 +22,11 @@ const PAGE: &str = include_str!("respond.html");
 /// Arguments of `cargo xtask respond`.
 #[derive(clap::Args, Debug)]
 pub struct RespondArgs {
-    /// The run whose answers are "A" (its newest checkpoint).
+    /// The run whose answers are "A": a run directory (its newest checkpoint) or one of its
+    /// checkpoint directories.
     #[arg(long)]
     pub run: PathBuf,
-    /// A second run, whose answers are "B", shown beside A's.
+    /// A second run (or checkpoint directory), whose answers are "B", shown beside A's.
     #[arg(long)]
     pub vs: Option<PathBuf>,
     /// Prompts: SFT-format JSONL (`{"category", "messages"}`); a final assistant message is kept

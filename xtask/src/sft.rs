@@ -209,7 +209,7 @@ pub fn run(args: &SftArgs, device: &Device, spec: &str) -> Result<()> {
         println!(
             "held-out prompts to compare answers: cargo xtask respond --run {} --vs {} --prompts {} --out {}",
             run_dir.display(),
-            from.parent().unwrap_or(Path::new(".")).display(),
+            from.display(),
             prompts.display(),
             run_dir.join("respond").display()
         );

@@ -64,8 +64,12 @@ pub struct Loaded {
     pub run: Option<(Experiment, Prepared)>,
 }
 
-/// Loads a run of `cargo xtask train` (its newest checkpoint).
+/// Loads a run of `cargo xtask train` (its newest checkpoint), or one checkpoint directory of a
+/// run (`RUN/checkpoint-NNNNNNN`).
 pub fn load_run(run: &Path, cache: &Path, device: &Device) -> Result<Loaded> {
+    if run.join("model.bpk").is_file() {
+        return load_ours(run.parent().unwrap_or(Path::new(".")), run, cache, device);
+    }
     let ckpt =
         latest_checkpoint(run).with_context(|| format!("{}: no checkpoint in this run directory", run.display()))?;
     load_ours(run, &ckpt, cache, device)

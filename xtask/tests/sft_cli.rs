@@ -204,7 +204,9 @@ fn sft_fine_tunes_resumes_exactly_evaluates_and_the_page_tallies_choices() {
         assert!(scored >= rows.min(20) && scored <= 20, "{name}: {scored} scored, {rows} rows drawn");
     }
 
-    // Side by side: the fine-tuned run (A) against the pre-trained one (B).
+    // Side by side: the fine-tuned run (A, its newest checkpoint) against the checkpoint it
+    // started from (B, named as a checkpoint directory).
+    let started_from = pre.join("checkpoint-0000006");
     let prompts = root.join("sft/prompts.jsonl");
     let lines: Vec<String> = std::fs::read_to_string(&data).unwrap().lines().take(4).map(str::to_string).collect();
     std::fs::write(&prompts, lines.join("\n")).unwrap();
@@ -214,7 +216,7 @@ fn sft_fine_tunes_resumes_exactly_evaluates_and_the_page_tallies_choices() {
         "--run",
         arg(&run),
         "--vs",
-        arg(&pre),
+        arg(&started_from),
         "--prompts",
         arg(&prompts),
         "--out",
@@ -238,6 +240,7 @@ fn sft_fine_tunes_resumes_exactly_evaluates_and_the_page_tallies_choices() {
     // The blind order: "Answer 1" is run A's answer exactly where answers.json says A is left.
     let answers: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(page_dir.join("answers.json")).unwrap()).unwrap();
+    assert_eq!(answers["runs"][1]["run"], started_from.display().to_string());
     let lefts: Vec<bool> =
         answers["items"].as_array().unwrap().iter().map(|i| i["a_left"].as_bool().unwrap()).collect();
     assert!(lefts.contains(&true) && lefts.contains(&false), "{lefts:?}");

@@ -85,8 +85,10 @@ fn the_grid_outlives_a_diverging_run_and_resumes_a_killed_one_exactly() {
     let root = dir.path();
     let steps = 100;
     let exp = experiment(root, steps);
-    // One run that blows up at once (a learning rate of a million), one that trains.
-    let text = std::fs::read_to_string(&exp).unwrap() + "\n[ablation]\nlearning_rate = [1e6, 3e-3]\n";
+    // One run that blows up at once (a learning rate of a million), one that trains; both
+    // evaluate on the held-out set every 50 steps.
+    let text = std::fs::read_to_string(&exp).unwrap().replace("seed = 4", "seed = 4\neval_every = 50")
+        + "\n[ablation]\nlearning_rate = [1e6, 3e-3]\n";
     std::fs::write(&exp, text).unwrap();
     let cache = root.join("cache");
 
@@ -97,6 +99,21 @@ fn the_grid_outlives_a_diverging_run_and_resumes_a_killed_one_exactly() {
     assert!(table.contains("lr1e6") && table.contains("diverged@"), "{table}");
     assert!(table.contains("lr3e-3") && table.contains("done"), "{table}");
     assert!(table.contains("The paper's findings"), "{table}");
+    // The trained run's held-out CE is its evaluation at its last step, as metrics.jsonl has it;
+    // the run that diverged at once never evaluated.
+    let last: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(whole.join("lr3e-3/metrics.jsonl")).unwrap().lines().last().unwrap(),
+    )
+    .unwrap();
+    let held_out = format!("{:.4}", last["eval_ce"].as_f64().unwrap());
+    // The column before the last three (max attn logit, max out RMS, log Z).
+    let held_out_of = |name: &str| {
+        let cols: Vec<String> =
+            table.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().map(String::from).collect();
+        cols[cols.len() - 4].clone()
+    };
+    assert_eq!(held_out_of("lr3e-3"), held_out, "{table}");
+    assert_eq!(held_out_of("lr1e6"), "-", "{table}");
     assert!(whole.join("grid.json").is_file());
     // It ends with the report: markdown beside its plots.
     let report = std::fs::read_to_string(whole.join("report/report.md")).unwrap();

@@ -27,11 +27,13 @@ pub enum Metric {
     Lr,
     /// Cross-entropy per source of the highlighted run (per SFT category in fine-tuning).
     LossBySource,
+    /// Cross-entropy on the fixed held-out set (every `eval_every` steps).
+    EvalCe,
 }
 
 impl Metric {
-    /// Every metric, in the order the keys 1–7 pick them.
-    pub const ALL: [Metric; 7] = [
+    /// Every metric, in the order the keys 1–8 pick them.
+    pub const ALL: [Metric; 8] = [
         Metric::Loss,
         Metric::MaxAttnLogit,
         Metric::OutputRms,
@@ -39,6 +41,7 @@ impl Metric {
         Metric::GradNorm,
         Metric::Lr,
         Metric::LossBySource,
+        Metric::EvalCe,
     ];
 
     /// Title in the chart.
@@ -51,6 +54,7 @@ impl Metric {
             Metric::GradNorm => "grad norm",
             Metric::Lr => "learning rate",
             Metric::LossBySource => "cross-entropy per source (highlighted run)",
+            Metric::EvalCe => "held-out cross-entropy",
         }
     }
 
@@ -71,6 +75,7 @@ impl Metric {
             Metric::Lr => get("lr"),
             // One series per source: see `Point::by_source`.
             Metric::LossBySource => None,
+            Metric::EvalCe => get("eval_ce"),
         };
         v.unwrap_or(f64::NAN)
     }
@@ -89,7 +94,7 @@ pub struct Point {
     pub ce: f64,
     /// Cross-entropy per source (`ce_by_source`; empty for single-source runs).
     pub by_source: Vec<(String, f64)>,
-    values: [f64; 7],
+    values: [f64; 8],
 }
 
 impl Point {
@@ -270,6 +275,11 @@ impl RunView {
     /// Latest value of `metric`.
     pub fn last(&self, metric: Metric) -> Option<f64> {
         self.points.last().map(|p| p.value(metric)).filter(|v| v.is_finite())
+    }
+
+    /// The last held-out evaluation: its step and `eval_ce`.
+    pub fn last_eval(&self) -> Option<(usize, f64)> {
+        self.points.iter().rev().map(|p| (p.step, p.value(Metric::EvalCe))).find(|(_, v)| v.is_finite())
     }
 
     /// Cross-entropy at the end: the mean over the last 10 steps (one batch is noisy), without

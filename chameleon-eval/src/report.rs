@@ -150,8 +150,9 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<PathBuf, ReportError>
     let _ = writeln!(
         md,
         "\nCE at the end: the mean training cross-entropy of the last 10 steps, without the z-loss term. \
-         Held-out CE: the run's last evaluation (`eval_ce`) on the fixed held-out set, the same tokens for \
-         every run, with its step when that is not the run's last. Peaks are over the run and the max over layers.\n"
+         Held-out CE: the run's last evaluation (`eval_ce`, per target) on the fixed held-out set, the same \
+         tokens for every run with the same `[data]`, `micro_batch` and `eval_batches`, with its step when \
+         that is not the run's last. Peaks are over the run and the max over layers.\n"
     );
 
     let _ = writeln!(md, "## Learning-rate sensitivity\n");
@@ -360,10 +361,14 @@ mod tests {
                 .map(|s| {
                     let t = s as f64 / 20.0;
                     let ce = 8.0 + (ce_end - 8.0) * t;
-                    // Held out every 10 steps, 0.25 above the training CE; not at the step a
-                    // diverged run stopped.
-                    let eval =
-                        if s % 10 == 0 && !(diverged && s == 20) { format!(",\"eval_ce\":{}", ce + 0.25) } else { String::new() };
+                    // Held out every 10 steps, 0.25 above the training CE; non-finite (null) at
+                    // the step the diverged run stopped; qk at 1e-2 skips its last evaluation.
+                    let eval = match s {
+                        20 if diverged => ",\"eval_ce\":null".to_string(),
+                        20 if qk && lr == 0.01 => String::new(),
+                        10 | 20 => format!(",\"eval_ce\":{}", ce + 0.25),
+                        _ => String::new(),
+                    };
                     format!(
                         "{{\"step\":{s},\"loss\":{ce},\"ce\":{ce},\"max_attn_logit\":{},\"output_rms\":[1.0,{}],\"log_z_mean\":{},\"grad_norm\":{}{eval}}}\n",
                         logit * t,
@@ -402,11 +407,13 @@ mod tests {
         }
         assert!(md.contains("QK-norm bounds the attention logits: **shown**"), "{md}");
         assert!(md.contains("diverged at step 20"), "{md}");
-        // Held-out CE: the last evaluation, 0.25 above the training CE of its step: qk at lr
-        // 3e-1 ends at CE 5.5 (step 20); the diverged noqk run last evaluated at step 10 (CE 7.75).
+        // Held-out CE: the last evaluation, 0.25 above the training CE of its step. qk at lr 3e-1
+        // ends at CE 5.5 (step 20); qk at 1e-2 last evaluated at step 10 (CE 6.9); the diverged
+        // run's last evaluation was not finite, which is shown, not an earlier one.
         let row = |name: &str| md.lines().find(|l| l.starts_with(&format!("| `{name}`"))).unwrap().to_string();
         assert!(row("qk-lr3e-1").contains("| 5.750 |"), "{}", row("qk-lr3e-1"));
-        assert!(row("noqk-lr3e-1").contains("| 8.000 (step 10) |"), "{}", row("noqk-lr3e-1"));
+        assert!(row("qk-lr1e-2").contains("| 7.150 (step 10) |"), "{}", row("qk-lr1e-2"));
+        assert!(row("noqk-lr3e-1").contains("| NaN |"), "{}", row("noqk-lr3e-1"));
         // CE falls linearly from 8 to its end value; "CE at the end" averages steps 11–20, so it is
         // 8 + (end − 8)·0.775. qk: 6.295 (1e-2) and 6.0625 (3e-1), best 6.0625, gaps 0.2325 and 0.
         // noqk: 6.45 (1e-2) and, diverged, its initial CE 7.975: best 6.45, gaps 0 and 1.525.

@@ -22,7 +22,7 @@ pub struct TrainConfig {
     pub batch_tokens: usize,
     /// z-loss coefficient: `z_loss · mean(log² Z)` over the positions that carry loss.
     pub z_loss: f64,
-    /// Steps between held-out evaluations (0: never).
+    /// Steps between held-out evaluations (0: never); the last step of the schedule evaluates too.
     pub eval_every: usize,
     /// Held-out batches, drawn once at the start of a run: every evaluation scores the same ones.
     pub eval_batches: usize,
@@ -165,6 +165,9 @@ impl Experiment {
         }
         if t.probe_every == 0 {
             return Err("`train.probe_every` must be at least 1".into());
+        }
+        if t.eval_every > 0 && t.eval_batches == 0 {
+            return Err("`train.eval_batches` must be at least 1 when `train.eval_every` is set".into());
         }
         if !(t.z_loss.is_finite() && t.z_loss >= 0.0) {
             return Err(format!("`train.z_loss` = {} must be non-negative", t.z_loss));

@@ -63,3 +63,16 @@ pub fn tiny_experiment(root: &Path, device: &Device) -> Result<(Experiment, Prep
     };
     Ok((exp, prepared))
 }
+
+/// Each metrics row of the run in `run` that has `key`: its step and the value as written (JSON
+/// text), in file order. For comparing runs value for value.
+pub fn written(run: &Path, key: &str) -> Vec<(u64, String)> {
+    std::fs::read_to_string(run.join(crate::trainer::METRICS_FILE))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            Some((v["step"].as_u64()?, v.get(key)?.to_string()))
+        })
+        .collect()
+}

@@ -101,8 +101,10 @@ pub(crate) struct Losses {
     pub(crate) total: Tensor<1>,
     ce: Tensor<1>,
     z: Tensor<1>,
-    ce_text: Option<f64>,
-    ce_image: Option<f64>,
+    /// Mean CE over text targets, and their number (None: no text target carries loss).
+    ce_text: Option<(f64, f64)>,
+    /// The same over image targets.
+    ce_image: Option<(f64, f64)>,
     /// Per row: (summed CE, targets with loss).
     ce_rows: Vec<(f64, f64)>,
     log_z_mean: f64,
@@ -164,9 +166,9 @@ pub(crate) fn losses(
     let row_len = batch.row_len;
     let target_of = |i: usize| batch.tokens[(i / t) * row_len + i % t + 1];
     let weight_tensor = |w: Vec<f32>| Tensor::<2>::from_data(TensorData::new(w, [b, t]), device);
-    let masked_mean = |w: Vec<f32>, x: Tensor<2>| -> Option<Tensor<1>> {
+    let masked_mean = |w: Vec<f32>, x: Tensor<2>| -> Option<(Tensor<1>, f32)> {
         let n: f32 = w.iter().sum();
-        (n > 0.0).then(|| (x * weight_tensor(w)).sum().div_scalar(n))
+        (n > 0.0).then(|| ((x * weight_tensor(w)).sum().div_scalar(n), n))
     };
     let all = weights(&|_| true);
     let targets_with_loss: f32 = all.iter().sum();
@@ -174,7 +176,7 @@ pub(crate) fn losses(
     let attached_mean = |x: Tensor<2>| (x * weight_tensor(all.clone())).sum().div_scalar(targets_with_loss.max(1.0));
     let ce = attached_mean(nll.clone());
     let is = |m: Modality| move |i: usize| layout.modality(target_of(i)) == Some(m);
-    let scalar = |x: Option<Tensor<1>>| x.map(|x| x.detach().into_scalar::<f32>() as f64);
+    let scalar = |x: Option<(Tensor<1>, f32)>| x.map(|(x, n)| (x.detach().into_scalar::<f32>() as f64, n as f64));
     let ce_text = scalar(masked_mean(weights(&is(Modality::Text)), nll.clone()));
     let ce_image = scalar(masked_mean(weights(&is(Modality::Image)), nll.clone()));
     let row_sums: Vec<f32> = (nll.detach() * weight_tensor(all.clone()))
@@ -232,8 +234,8 @@ pub(crate) fn forward_backward(
             index: *index,
             ce: l.ce.clone().detach().into_scalar::<f32>() as f64,
             z: l.z.clone().detach().into_scalar::<f32>() as f64,
-            ce_text: l.ce_text,
-            ce_image: l.ce_image,
+            ce_text: l.ce_text.map(|(mean, _)| mean),
+            ce_image: l.ce_image.map(|(mean, _)| mean),
             rows: batch.sources.iter().zip(&l.ce_rows).map(|(&s, &(sum, n))| (s, sum, n)).collect(),
             log_z_mean: l.log_z_mean,
             log_z_max: l.log_z_max,
@@ -320,17 +322,18 @@ fn write_status(run: &Path, status: &Status) -> Result<(), TrainError> {
 }
 
 /// The held-out set: the first `eval_batches` batches of the held-out split, drawn once, so that
-/// every evaluation of a run (and of a resumed run, and of every run of an ablation) scores the
-/// same tokens and `eval_ce` curves compare across steps and runs.
+/// every evaluation of a run (and of a resumed run, and of any run with the same `[data]`,
+/// `micro_batch` and `eval_batches`, as an ablation's are) scores the same tokens, and `eval_ce`
+/// curves compare across steps and runs.
 fn held_out_set(prepared: &Prepared, exp: &Experiment) -> Result<Vec<Batch>, TrainError> {
     let mut mixture = open_mixture(prepared, &exp.data, Split::HeldOut).map_err(|e| err(&prepared.dir, e))?;
     Ok((0..exp.train.eval_batches.max(1)).map(|_| mixture.next_batch(0.0, exp.train.micro_batch)).collect())
 }
 
-/// Held-out cross-entropy: overall, and on text and on image targets (each the mean over the
-/// set's batches that hold such targets; `None`, written as null, where none does).
+/// Held-out cross-entropy per target that carries loss: overall, and on text and on image targets
+/// (`None`, written as null, where the set has none).
 struct HeldOutCe {
-    all: f64,
+    all: Option<f64>,
     text: Option<f64>,
     image: Option<f64>,
 }
@@ -342,11 +345,17 @@ fn evaluate(model: &Chameleon, set: &[Batch], exp: &Experiment, layout: &VocabLa
         .iter()
         .map(|batch| losses(&compute, batch, layout, 0.0, false, exp.train.within_documents, device).0)
         .collect();
-    let mean = |xs: Vec<f64>| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
+    // Summed CE over the number of targets: a batch with few (in SFT, maybe no) targets that
+    // carry loss counts for as few.
+    let per_target = |parts: &mut dyn Iterator<Item = (f64, f64)>| {
+        let (sum, n) = parts.fold((0.0, 0.0), |(s, k), (sum, n)| (s + sum, k + n));
+        (n > 0.0).then(|| sum / n)
+    };
+    let summed = |part: Option<(f64, f64)>| part.map(|(mean, n)| (mean * n, n));
     HeldOutCe {
-        text: mean(scored.iter().filter_map(|l| l.ce_text).collect()),
-        image: mean(scored.iter().filter_map(|l| l.ce_image).collect()),
-        all: mean(scored.into_iter().map(|l| l.ce.into_scalar::<f32>() as f64).collect()).unwrap_or(f64::NAN),
+        all: per_target(&mut scored.iter().flat_map(|l| l.ce_rows.iter().copied())),
+        text: per_target(&mut scored.iter().filter_map(|l| summed(l.ce_text))),
+        image: per_target(&mut scored.iter().filter_map(|l| summed(l.ce_image))),
     }
 }
 
@@ -381,7 +390,7 @@ pub fn train(
     }
     let replica_count = 1 + options.replicas.len();
     let accum = exp.accumulation();
-    if accum % replica_count != 0 {
+    if !accum.is_multiple_of(replica_count) {
         return Err(err(
             run,
             format!(
@@ -569,7 +578,7 @@ pub fn train(
                 row["mfu"] = (mfu(&config, exp.data.seq_len, tokens_per_s, peak) / replica_count as f64).into();
             }
             if let Some(set) = &held_out
-                && step % exp.train.eval_every == 0
+                && (step % exp.train.eval_every == 0 || step == total)
             {
                 let ce = evaluate(&model.valid(), set, exp, &layout, device);
                 row["eval_ce"] = ce.all.into();

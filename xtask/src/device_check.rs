@@ -234,7 +234,7 @@ pub fn run(list: &str, steps: usize) -> Result<()> {
 /// that missed a step or a share of the gradient is off by 1e-2.
 const DATA_PARALLEL_LIMIT: f64 = 1e-3;
 
-/// 5. The trainer on a tiny generated experiment (8 steps, no dropout, one micro-batch per
+/// Check 5: the trainer on a tiny generated experiment (8 steps, no dropout, one micro-batch per
 /// replica a step) on the first device of `list` alone, then data-parallel on all of it: with
 /// the gradient sum `train` picks (NCCL on GPUs) and, if that is another, through the main
 /// thread. Returns what failed.

@@ -17,10 +17,12 @@ use crate::trained::load_run;
 /// The options of `cargo xtask eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// A run directory of ours (its newest checkpoint is evaluated).
+    /// A run directory of ours (its newest checkpoint is evaluated), or one of its checkpoint
+    /// directories.
     #[arg(long)]
     run: PathBuf,
-    /// Where eval.json and eval-samples.png go (default: the run directory).
+    /// Where eval.json and eval-samples.png go (default: the run directory, also for a
+    /// checkpoint of it: checkpoints are rotated away).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Held-out documents per source for perplexity (0: all).
@@ -88,7 +90,8 @@ pub fn run(args: &EvalArgs, device: &Device) -> Result<()> {
     );
     let (report, samples) = evaluate(&loaded.model, &layout, &decode, &docs, &pairs, &config, device);
 
-    let out = args.out.clone().unwrap_or_else(|| args.run.clone());
+    let run_dir = if args.run.join("model.bpk").is_file() { args.run.parent() } else { Some(args.run.as_path()) };
+    let out = args.out.clone().unwrap_or_else(|| run_dir.unwrap_or(Path::new(".")).to_path_buf());
     std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
     let json = out.join("eval.json");
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)

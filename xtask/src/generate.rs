@@ -27,7 +27,7 @@ pub enum ModeArg {
 /// The options of `cargo xtask generate`.
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// A run directory of ours (its newest checkpoint is used).
+    /// A run directory of ours (its newest checkpoint is used), or one of its checkpoint directories.
     #[arg(long, required_unless_present = "checkpoint", conflicts_with = "checkpoint")]
     run: Option<PathBuf>,
     /// One checkpoint directory: of a run (RUN/checkpoint-NNNNNNN), or an HF Chameleon checkpoint.

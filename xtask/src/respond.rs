@@ -197,7 +197,7 @@ fn answer_all(
 
 /// Which side shows run A for prompt `i`: a fixed coin per prompt, so the page is blind.
 fn a_on_left(i: usize) -> bool {
-    (i.wrapping_mul(0x9E37_79B9) >> 7) % 2 == 0
+    (i.wrapping_mul(0x9E37_79B9) >> 7).is_multiple_of(2)
 }
 
 /// Answers the prompts with one or two runs and writes the page.

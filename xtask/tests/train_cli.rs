@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use chameleon_data::fixtures;
+use chameleon_train::fixtures::written;
 use common::{arg, caption_experiment as experiment, stderr, xtask};
 
 fn losses(run: &Path) -> Vec<(u64, String, String)> {
@@ -68,6 +69,7 @@ fn a_bad_experiment_is_refused_with_the_key_named() {
         (text.replace("seed = 4", "seed = 4\nsede = 5"), "sede"),
         (text.replace("weights = { pairs = 1.0 }", "weights = { pairs = 0.0 }"), "weight 0"),
         (text.replace("batch_tokens = 160", "batch_tokens = 100"), "batch_tokens"),
+        (text.replace("seed = 4", "seed = 4\neval_every = 5\neval_batches = 0"), "eval_batches"),
     ] {
         std::fs::write(&exp, bad).unwrap();
         let out = xtask(&["train", "--config", arg(&exp), "--run-dir", arg(&dir.path().join("r"))]);
@@ -106,7 +108,8 @@ fn the_grid_outlives_a_diverging_run_and_resumes_a_killed_one_exactly() {
     )
     .unwrap();
     let held_out = format!("{:.4}", last["eval_ce"].as_f64().unwrap());
-    // The column before the last three (max attn logit, max out RMS, log Z).
+    // The column before the last three (max attn logit, max out RMS, log Z); both rows come from
+    // one format, so once the trained run's value is found there, the column is the held-out one.
     let held_out_of = |name: &str| {
         let cols: Vec<String> =
             table.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().map(String::from).collect();
@@ -146,6 +149,9 @@ fn the_grid_outlives_a_diverging_run_and_resumes_a_killed_one_exactly() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("resuming"), "{}", stderr(&out));
     assert_eq!(losses(&whole.join("lr3e-3")), losses(&killed.join("lr3e-3")));
+    let evals = |run: &Path| written(&run.join("lr3e-3"), "eval_ce");
+    assert_eq!(evals(&whole), evals(&killed));
+    assert_eq!(evals(&whole).len(), 2, "steps 50 and 100");
 
     // The trained run generates: text only, one image, or both, with an image in the prompt.
     let png = root.join("prompt.png");

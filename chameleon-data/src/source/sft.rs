@@ -49,7 +49,7 @@ impl Conversation {
     /// The prompt: every turn but the last answer, and the `end-of-turn` after them that opens
     /// the answer.
     pub fn prompt(&self) -> Vec<Segment> {
-        let n = if self.turns.len() % 2 == 0 { self.turns.len().saturating_sub(1) } else { self.turns.len() };
+        let n = if self.turns.len().is_multiple_of(2) { self.turns.len().saturating_sub(1) } else { self.turns.len() };
         let mut segments = Vec::new();
         for turn in &self.turns[..n] {
             segments.extend(turn.iter().cloned());
@@ -60,7 +60,7 @@ impl Conversation {
 
     /// The final answer, when the conversation has one.
     pub fn answer(&self) -> Option<&[Segment]> {
-        self.turns.last().filter(|_| self.turns.len() % 2 == 0).map(Vec::as_slice)
+        self.turns.last().filter(|_| self.turns.len().is_multiple_of(2)).map(Vec::as_slice)
     }
 }
 
@@ -124,7 +124,7 @@ fn conversation(jsonl: &Path, line: &str, location: Location) -> Result<Conversa
         let Value::Object(message) = message else { return Err(bad(format!("message {i} is not an object"))) };
         let role = string_field(message, "role", &location).map_err(|e| bad(format!("message {i}: {}", e.reason)))?;
         let segments = content(jsonl, message, &location).map_err(|e| bad(format!("message {i}: {}", e.reason)))?;
-        let expected = if turns.len() % 2 == 0 { "user" } else { "assistant" };
+        let expected = if turns.len().is_multiple_of(2) { "user" } else { "assistant" };
         match role {
             "system" if i == 0 => system = segments,
             r if r == expected => {

@@ -94,6 +94,9 @@ pub struct Point {
     pub ce: f64,
     /// Cross-entropy per source (`ce_by_source`; empty for single-source runs).
     pub by_source: Vec<(String, f64)>,
+    /// Whether this step evaluated on the held-out set (`eval_ce` present, even as null: a
+    /// non-finite result).
+    pub evaluated: bool,
     values: [f64; 8],
 }
 
@@ -110,6 +113,7 @@ impl Point {
                 .as_object()
                 .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
                 .unwrap_or_default(),
+            evaluated: row.get("eval_ce").is_some(),
             values: Metric::ALL.map(|m| m.read(&row)),
         })
     }
@@ -277,9 +281,9 @@ impl RunView {
         self.points.last().map(|p| p.value(metric)).filter(|v| v.is_finite())
     }
 
-    /// The last held-out evaluation: its step and `eval_ce`.
+    /// The last held-out evaluation: its step and `eval_ce` (NaN when it was not finite).
     pub fn last_eval(&self) -> Option<(usize, f64)> {
-        self.points.iter().rev().map(|p| (p.step, p.value(Metric::EvalCe))).find(|(_, v)| v.is_finite())
+        self.points.iter().rev().find(|p| p.evaluated).map(|p| (p.step, p.value(Metric::EvalCe)))
     }
 
     /// Cross-entropy at the end: the mean over the last 10 steps (one batch is noisy), without

@@ -96,6 +96,21 @@ fn versus(what: &str, without: &RunView, a: String, with: &RunView, b: String) -
     )
 }
 
+/// `; held-out CE {a} without vs {b} with` when both runs evaluated (the last evaluation, with
+/// its step when that was not the run's last); empty otherwise.
+fn held_out(without: &RunView, with: &RunView) -> String {
+    let last = |r: &RunView| {
+        r.last_eval().map(|(step, ce)| {
+            let at = if step == r.step() { String::new() } else { format!(" (step {step})") };
+            format!("{}{at}", fmt(Some(ce)))
+        })
+    };
+    match (last(without), last(with)) {
+        (Some(a), Some(b)) => format!("; held-out CE {a} without vs {b} with"),
+        _ => String::new(),
+    }
+}
+
 /// A finding about the peak of `metric`, which should be `RATIO`× larger without the fix.
 fn peak_finding(
     claim: &'static str,
@@ -119,6 +134,7 @@ fn peak_finding(
         }
         if with_loss {
             line += &format!("; CE at the end {} without vs {} with", fmt(without.final_ce()), fmt(with.final_ce()));
+            line += &held_out(without, with);
         }
         evidence.push(line);
     }
@@ -165,7 +181,9 @@ pub fn findings(runs: &[RunView]) -> Vec<Finding> {
         let diverged = |r: &RunView| matches!(r.state, RunState::Diverged(_));
         let better = !diverged(with) && (diverged(without) || matches!((a, b), (Some(a), Some(b)) if b < a));
         together_finding.shown = Some(together_finding.shown.unwrap_or(false) || better);
-        together_finding.evidence.push(versus("CE at the end", without, fmt(a), with, fmt(b)));
+        together_finding
+            .evidence
+            .push(versus("CE at the end", without, fmt(a), with, fmt(b)) + &held_out(without, with));
     }
     vec![
         peak_finding("QK-norm bounds the attention logits", "max attention logit", Metric::MaxAttnLogit, qk, true),
@@ -186,14 +204,27 @@ mod tests {
     use super::*;
     use crate::trainer::{METRICS_FILE, STATUS_FILE};
 
-    /// A finished run with constant probes.
+    /// A finished run of 3 steps with constant probes (and, if given, a held-out CE at step 3).
     fn run(dir: &std::path::Path, name: &str, s: Switches, logit: f64, rms: f64, log_z: f64) -> RunView {
+        evaluated(dir, name, s, logit, rms, log_z, None)
+    }
+
+    fn evaluated(
+        dir: &std::path::Path,
+        name: &str,
+        s: Switches,
+        logit: f64,
+        rms: f64,
+        log_z: f64,
+        eval_ce: Option<f64>,
+    ) -> RunView {
         let d = dir.join(name);
         std::fs::create_dir_all(&d).unwrap();
         let rows: String = (1..=3)
             .map(|step| {
+                let eval = eval_ce.filter(|_| step == 3).map(|e| format!(",\"eval_ce\":{e}")).unwrap_or_default();
                 format!(
-                    "{{\"step\":{step},\"loss\":5.0,\"ce\":5.0,\"max_attn_logit\":{logit},\"output_rms\":[1.0,{rms}],\"log_z_mean\":{log_z}}}\n"
+                    "{{\"step\":{step},\"loss\":5.0,\"ce\":5.0,\"max_attn_logit\":{logit},\"output_rms\":[1.0,{rms}],\"log_z_mean\":{log_z}{eval}}}\n"
                 )
             })
             .collect();
@@ -230,6 +261,7 @@ mod tests {
         assert_eq!(f[0].shown, Some(true), "{}", f[0].render());
         assert_eq!(f[0].evidence.len(), 1);
         assert!(f[0].evidence[0].contains("1000 without (none)") && f[0].evidence[0].contains("100.0×"));
+        assert!(!f[0].evidence[0].contains("held-out"), "no run evaluated: {}", f[0].evidence[0]);
         assert_eq!(f[1].shown, Some(true), "{}", f[1].render());
         // 5 → 4 is not the 2× the finding asks for: said plainly.
         assert_eq!(f[2].shown, Some(false));
@@ -240,12 +272,14 @@ mod tests {
     fn a_grid_without_pairs_tests_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let runs = vec![
-            run(dir.path(), "none", sw(false, false, 0.0), 1000.0, 5.0, 8.0),
-            run(dir.path(), "all", sw(true, true, 1e-2), 10.0, 1.0, 1.0),
+            evaluated(dir.path(), "none", sw(false, false, 0.0), 1000.0, 5.0, 8.0, Some(5.25)),
+            evaluated(dir.path(), "all", sw(true, true, 1e-2), 10.0, 1.0, 1.0, Some(5.125)),
         ];
         let f = findings(&runs);
         assert!(f[..3].iter().all(|f| f.shown.is_none()));
         // All three against none is a pair of its own; the losses tie here, so it is not shown.
         assert_eq!(f[3].shown, Some(false), "{}", f[3].render());
+        // The held-out CE of both is in its evidence.
+        assert!(f[3].evidence[0].ends_with("; held-out CE 5.25 without vs 5.12 with"), "{}", f[3].evidence[0]);
     }
 }

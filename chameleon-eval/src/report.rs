@@ -229,8 +229,8 @@ fn sensitivity(runs: &[&RunView], variant_of: &dyn Fn(&RunView) -> String) -> Se
 /// A run's last held-out CE, with its step when the run went on after it (or diverged).
 fn held_out(r: &RunView) -> String {
     match r.last_eval() {
-        Some((step, ce)) if step == r.step() => num(Some(ce)),
-        Some((step, ce)) => format!("{} (step {step})", num(Some(ce))),
+        Some((ce, None)) => num(Some(ce)),
+        Some((ce, Some(step))) => format!("{} (step {step})", num(Some(ce))),
         None => num(None),
     }
 }

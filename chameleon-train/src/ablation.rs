@@ -375,8 +375,8 @@ pub fn summary(dir: &Path) -> Result<String, String> {
             s => s.word().to_string(),
         };
         let held_out = match r.last_eval() {
-            Some((step, ce)) if step == r.step() => format!("{ce:.4}"),
-            Some((step, ce)) => format!("{ce:.4}@{step}"),
+            Some((ce, None)) => format!("{ce:.4}"),
+            Some((ce, Some(step))) => format!("{ce:.4}@{step}"),
             None => "-".to_string(),
         };
         out += &format!(

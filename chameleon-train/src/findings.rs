@@ -100,8 +100,8 @@ fn versus(what: &str, without: &RunView, a: String, with: &RunView, b: String) -
 /// its step when that was not the run's last); empty otherwise.
 fn held_out(without: &RunView, with: &RunView) -> String {
     let last = |r: &RunView| {
-        r.last_eval().map(|(step, ce)| {
-            let at = if step == r.step() { String::new() } else { format!(" (step {step})") };
+        r.last_eval().map(|(ce, step)| {
+            let at = step.map(|s| format!(" (step {s})")).unwrap_or_default();
             format!("{}{at}", fmt(Some(ce)))
         })
     };

@@ -12,7 +12,7 @@ use chameleon_eval::evaluate::{EvalConfig, Pair, evaluate, pair_of};
 use clap::Args;
 use image::RgbImage;
 
-use crate::trained::load_run;
+use crate::trained::{checkpoint_of, load_run};
 
 /// The options of `cargo xtask eval`.
 #[derive(Debug, Args)]
@@ -90,8 +90,10 @@ pub fn run(args: &EvalArgs, device: &Device) -> Result<()> {
     );
     let (report, samples) = evaluate(&loaded.model, &layout, &decode, &docs, &pairs, &config, device);
 
-    let run_dir = if args.run.join("model.bpk").is_file() { args.run.parent() } else { Some(args.run.as_path()) };
-    let out = args.out.clone().unwrap_or_else(|| run_dir.unwrap_or(Path::new(".")).to_path_buf());
+    let out = match &args.out {
+        Some(out) => out.clone(),
+        None => checkpoint_of(&args.run)?.0,
+    };
     std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
     let json = out.join("eval.json");
     std::fs::write(&json, serde_json::to_string_pretty(&report)?)

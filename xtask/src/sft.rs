@@ -21,7 +21,7 @@ use serde_json::json;
 
 use crate::data::prepare_data;
 use crate::live::monitored;
-use crate::trained::load_weights;
+use crate::trained::{checkpoint_of, load_weights};
 
 /// The default fine-tuning experiment.
 pub const DEFAULT_CONFIG: &str = "experiments/sft.toml";
@@ -54,23 +54,6 @@ pub struct SftArgs {
     pub cache: PathBuf,
 }
 
-/// The checkpoint directory `from` names: itself, or a run's newest.
-fn checkpoint_of(from: &Path) -> Result<(PathBuf, PathBuf)> {
-    if from.join("model.bpk").is_file() {
-        let run = from.parent().unwrap_or(Path::new(".")).to_path_buf();
-        return Ok((run, from.to_path_buf()));
-    }
-    if !from.join(CONFIG_FILE).is_file() {
-        bail!(
-            "{}: not a run of `cargo xtask train` or `ablate` (no {CONFIG_FILE}); the default pre-trained run \
-             comes from `cargo xtask ablate`",
-            from.display()
-        );
-    }
-    let ckpt = latest_checkpoint(from).with_context(|| format!("{}: no checkpoint in this run", from.display()))?;
-    Ok((from.to_path_buf(), ckpt))
-}
-
 /// The fine-tuning experiment: the pre-trained run's model (with the SFT dropout), its text and
 /// image tokenizers, and this file's data, optimizer, schedule and training settings.
 fn resolve(config: &Path, from: Option<&Path>, cache: &Path, device: &Device) -> Result<(Experiment, SftConfig)> {
@@ -79,7 +62,8 @@ fn resolve(config: &Path, from: Option<&Path>, cache: &Path, device: &Device) ->
     if let Some(from) = from {
         sft.from = from.to_path_buf();
     }
-    let (run, checkpoint) = checkpoint_of(&sft.from)?;
+    let (run, checkpoint) = checkpoint_of(&sft.from)
+        .map_err(|e| anyhow::anyhow!("{e:#} (the default pre-trained run comes from `cargo xtask ablate`)"))?;
     let pre = Experiment::load(&run.join(CONFIG_FILE))?;
     let pre_data = prepare_data(&pre.data, cache, false, device)?;
     exp.model = pre.model.clone().with_attention_dropout(sft.dropout).with_residual_dropout(sft.dropout);

@@ -64,15 +64,30 @@ pub struct Loaded {
     pub run: Option<(Experiment, Prepared)>,
 }
 
-/// Loads a run of `cargo xtask train` (its newest checkpoint), or one checkpoint directory of a
-/// run (`RUN/checkpoint-NNNNNNN`).
-pub fn load_run(run: &Path, cache: &Path, device: &Device) -> Result<Loaded> {
-    if run.join("model.bpk").is_file() {
-        return load_ours(run.parent().unwrap_or(Path::new(".")), run, cache, device);
+/// The run directory and checkpoint directory that `path` names: a checkpoint directory of a
+/// run (`RUN/checkpoint-NNNNNNN`, with `model.bpk`), or a run of `cargo xtask train` or `ablate`
+/// and its newest checkpoint.
+pub fn checkpoint_of(path: &Path) -> Result<(PathBuf, PathBuf)> {
+    if path.join("model.bpk").is_file() {
+        let run = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        return Ok((run, path.to_path_buf()));
+    }
+    if !path.join(CONFIG_FILE).is_file() {
+        bail!(
+            "{}: not a run of `cargo xtask train` or `ablate` (no {CONFIG_FILE}), nor a checkpoint of one (no model.bpk)",
+            path.display()
+        );
     }
     let ckpt =
-        latest_checkpoint(run).with_context(|| format!("{}: no checkpoint in this run directory", run.display()))?;
-    load_ours(run, &ckpt, cache, device)
+        latest_checkpoint(path).with_context(|| format!("{}: no checkpoint in this run directory", path.display()))?;
+    Ok((path.to_path_buf(), ckpt))
+}
+
+/// Loads a run of `cargo xtask train` (its newest checkpoint), or one checkpoint directory of a
+/// run (see [`checkpoint_of`]).
+pub fn load_run(path: &Path, cache: &Path, device: &Device) -> Result<Loaded> {
+    let (run, checkpoint) = checkpoint_of(path)?;
+    load_ours(&run, &checkpoint, cache, device)
 }
 
 /// Loads a checkpoint directory: one of a run of ours (`RUN/checkpoint-NNNNNNN`, with

@@ -281,9 +281,11 @@ impl RunView {
         self.points.last().map(|p| p.value(metric)).filter(|v| v.is_finite())
     }
 
-    /// The last held-out evaluation: its step and `eval_ce` (NaN when it was not finite).
-    pub fn last_eval(&self) -> Option<(usize, f64)> {
-        self.points.iter().rev().find(|p| p.evaluated).map(|p| (p.step, p.value(Metric::EvalCe)))
+    /// The last held-out evaluation: `eval_ce` (NaN when it was not finite), and its step when
+    /// the run went on after it (or stopped without evaluating at its last step).
+    pub fn last_eval(&self) -> Option<(f64, Option<usize>)> {
+        let p = self.points.iter().rev().find(|p| p.evaluated)?;
+        Some((p.value(Metric::EvalCe), (p.step != self.step()).then_some(p.step)))
     }
 
     /// Cross-entropy at the end: the mean over the last 10 steps (one batch is noisy), without

@@ -1,13 +1,14 @@
 //! Causal self-attention with grouped-query heads, optional QK-norm, RoPE, a KV cache and the
-//! max-attention-logit probe.
+//! attention probes (max logit, entropy).
 
 use burn::module::Module;
 use burn::nn::{Dropout, Linear};
-use burn::tensor::activation::softmax;
+use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Device, Tensor};
 
+use crate::layer::Probe;
 use crate::norm::HeadLayerNorm;
 use crate::rope::RopeTable;
 
@@ -42,7 +43,8 @@ pub struct Attention {
 
 impl Attention {
     /// `x`: `[batch, seq, d_model]`. With `cache`, `x` continues the cached positions. With
-    /// `max_logit`, the largest pre-softmax logit (scaled, causal positions only) is pushed to it.
+    /// `probe`, the largest pre-softmax logit (scaled, causal positions only) and the attention
+    /// entropy (see [`Probe`]) are pushed to it.
     /// `blocked` (`[batch, 1, seq, keys]`, true: masked) takes away more than the causal mask:
     /// keys of other packed documents.
     pub fn forward(
@@ -50,7 +52,7 @@ impl Attention {
         x: Tensor<3>,
         rope: &RopeTable,
         cache: Option<&mut LayerKv>,
-        max_logit: Option<&mut Vec<Tensor<1>>>,
+        probe: Option<&mut Probe>,
         blocked: Option<&Tensor<4, Bool>>,
     ) -> Tensor<3> {
         let [b, t, _] = x.dims();
@@ -85,7 +87,7 @@ impl Attention {
         let (k, v) = (repeat_kv(k, h / kvh), repeat_kv(v, h / kvh));
 
         let dropout_active = self.attn_dropout.prob > 0.0 && q.device().is_autodiff();
-        let context = if max_logit.is_none() && !dropout_active && fused_keeps_precision(&q) {
+        let context = if probe.is_none() && !dropout_active && fused_keeps_precision(&q) {
             let options = AttentionModuleOptions { is_causal: true, ..Default::default() };
             let s = k.dims()[2];
             attention(q, k, v, blocked.map(|m| m.clone().expand([b, h, t, s])), None, options)
@@ -99,8 +101,9 @@ impl Attention {
                 Some(m) => scores.mask_fill(m.clone().expand([b, h, t, s]), f32::NEG_INFINITY),
                 None => scores,
             };
-            if let Some(out) = max_logit {
-                out.push(scores.clone().detach().max());
+            if let Some(probe) = probe {
+                probe.max_attn_logit.push(scores.clone().detach().max());
+                probe.attn_entropy.push(entropy(scores.clone().detach()));
             }
             self.attn_dropout.forward(softmax(scores, 3)).matmul(v)
         };
@@ -130,6 +133,21 @@ impl LayerKv {
 /// a silent downgrade, so f64 there takes the materialised path (exact, at O(seq²) memory).
 fn fused_keeps_precision(q: &Tensor<4>) -> bool {
     q.dtype() != DType::F64 || q.device() == Device::flex()
+}
+
+/// The attention entropy of the least spread-out head: per head, the mean over queries (and the
+/// batch) of `−Σ p log p` over the keys a query sees, in nats; then the minimum over heads, `[1]`.
+/// Uniform attention over `n` keys has entropy `ln n`; attention on one key has 0. Its collapse
+/// towards 0 is the instability Dehghani et al. (2023) and Zhai et al. (2023) describe: the
+/// attention logits grow until each query reads a single key.
+fn entropy(scores: Tensor<4>) -> Tensor<1> {
+    let log_p = log_softmax(scores, 3);
+    // Masked keys have p = 0 and log p = −inf: 0 · −inf is NaN, so they count as 0 explicitly.
+    let masked = log_p.clone().is_inf();
+    let p_log_p = (log_p.clone().exp() * log_p).mask_fill(masked, 0.0);
+    let per_query = p_log_p.sum_dim(3).neg();
+    let [b, h, t, _] = per_query.dims();
+    per_query.reshape([b, h, t]).swap_dims(0, 1).reshape([h, b * t]).mean_dim(1).min()
 }
 
 /// Query head `i` reads key/value head `i / rep`, as HF's `repeat_kv`.

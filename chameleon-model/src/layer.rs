@@ -29,10 +29,14 @@ pub struct DecoderLayer {
     pub norm_placement: NormPlacement,
 }
 
-/// What one layer reports to the stability probes.
+/// What the layers report to the stability probes, one entry per layer.
 #[derive(Debug, Default)]
-pub(crate) struct Probe {
+pub struct Probe {
+    /// Largest pre-softmax attention logit.
     pub max_attn_logit: Vec<Tensor<1>>,
+    /// Attention entropy of the least spread-out head.
+    pub attn_entropy: Vec<Tensor<1>>,
+    /// RMS of the layer's output.
     pub output_rms: Vec<Tensor<1>>,
 }
 
@@ -46,32 +50,28 @@ impl DecoderLayer {
         rope: &RopeTable,
         compute: Option<FloatDType>,
         cache: Option<&mut LayerKv>,
-        probe: Option<&mut Probe>,
+        mut probe: Option<&mut Probe>,
         blocked: Option<&Tensor<4, Bool>>,
     ) -> Tensor<3> {
-        let (max_logit, rms) = match probe {
-            Some(p) => (Some(&mut p.max_attn_logit), Some(&mut p.output_rms)),
-            None => (None, None),
-        };
         let stream = x.dtype();
         let c = |t: Tensor<3>| cast_to(t, compute);
         let out = match self.norm_placement {
             NormPlacement::PreNorm => {
                 let normed = c(self.input_layernorm.forward(x.clone()));
-                let a = self.self_attn.forward(normed, rope, cache, max_logit, blocked).cast(stream);
+                let a = self.self_attn.forward(normed, rope, cache, probe.as_deref_mut(), blocked).cast(stream);
                 let h = x + self.resid_dropout.forward(a);
                 let f = self.mlp.forward(c(self.post_attention_layernorm.forward(h.clone()))).cast(stream);
                 h + self.resid_dropout.forward(f)
             }
             NormPlacement::Reordered => {
-                let a = self.self_attn.forward(c(x.clone()), rope, cache, max_logit, blocked).cast(stream);
+                let a = self.self_attn.forward(c(x.clone()), rope, cache, probe.as_deref_mut(), blocked).cast(stream);
                 let h = x + self.resid_dropout.forward(self.input_layernorm.forward(a));
                 let f = self.mlp.forward(c(h.clone())).cast(stream);
                 h + self.resid_dropout.forward(self.post_attention_layernorm.forward(f))
             }
         };
-        if let Some(rms) = rms {
-            rms.push(out.clone().detach().square().mean().sqrt());
+        if let Some(p) = probe {
+            p.output_rms.push(out.clone().detach().square().mean().sqrt());
         }
         out
     }

@@ -38,6 +38,9 @@ pub struct Chameleon {
 pub struct Diagnostics {
     /// Largest pre-softmax attention logit of each layer, `[layers]` (detached).
     pub max_attn_logit: Tensor<1>,
+    /// Attention entropy of each layer's least spread-out head (nats; the mean over queries),
+    /// `[layers]` (detached). It collapses towards 0 as the attention logits grow.
+    pub attn_entropy: Tensor<1>,
     /// Root mean square of each layer's output, `[layers]` (detached).
     pub output_rms: Tensor<1>,
     /// `log Z = logsumexp(logits)` at every position, `[batch, seq]` (attached, for z-loss).
@@ -155,6 +158,7 @@ impl Chameleon {
         let logits = self.run(tokens, None, Some(&mut probe), blocked);
         let diagnostics = Diagnostics {
             max_attn_logit: Tensor::cat(probe.max_attn_logit, 0),
+            attn_entropy: Tensor::cat(probe.attn_entropy, 0),
             output_rms: Tensor::cat(probe.output_rms, 0),
             log_z: log_sum_exp(logits.clone().cast(FloatDType::F32)),
         };

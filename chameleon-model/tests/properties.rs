@@ -154,6 +154,7 @@ fn probes_measure_what_they_claim() {
     let (logits, d) = model.forward_diagnosed(ids.clone());
     assert_eq!(d.max_attn_logit.dims(), [2]);
     assert_eq!(d.output_rms.dims(), [2]);
+    assert_eq!(d.attn_entropy.dims(), [2]);
 
     // log Z against a direct host-side logsumexp.
     let values: Vec<f32> = logits.clone().into_data().try_to_vec().unwrap();
@@ -194,4 +195,32 @@ fn probes_measure_what_they_claim() {
     let emb: Vec<f32> = one.embed_tokens.forward(ids).into_data().try_to_vec().unwrap();
     let host = (emb.iter().map(|v| v * v).sum::<f32>() / emb.len() as f32).sqrt();
     assert!((rms - host).abs() < 1e-5 * host, "output RMS {rms} vs {host}");
+}
+
+#[test]
+fn attention_entropy_is_ln_of_the_keys_when_uniform_and_falls_as_the_logits_grow() {
+    let device = Device::flex();
+    let ids = tokens(vec![vec![3, 1, 4, 1, 5, 9, 2, 6]], &device);
+    // Zero queries: every score is 0, so query i spreads evenly over its i + 1 keys, with entropy
+    // ln(i + 1); the mean over the 8 queries is ln(8!) / 8, in every head and layer.
+    let mut uniform = small(NormPlacement::PreNorm, false, &device);
+    for layer in &mut uniform.layers {
+        let q = &mut layer.self_attn.q_proj;
+        q.weight = burn::module::Param::from_tensor(q.weight.val().zeros_like());
+    }
+    let (_, d) = uniform.forward_diagnosed(ids.clone());
+    let expected = (1..=8).map(|i| (i as f32).ln()).sum::<f32>() / 8.0;
+    let got: Vec<f32> = d.attn_entropy.into_data().try_to_vec().unwrap();
+    assert!(got.iter().all(|&e| (e - expected).abs() < 1e-5), "{got:?} vs {expected}");
+
+    // Scaling the first layer's queries sharpens its attention: the entropy falls towards 0.
+    let model = small(NormPlacement::PreNorm, false, &device);
+    let first =
+        |m: &Chameleon| -> f32 { m.forward_diagnosed(ids.clone()).1.attn_entropy.narrow(0, 0, 1).into_scalar() };
+    let mut sharp = model.clone();
+    let q = &mut sharp.layers[0].self_attn.q_proj;
+    q.weight = burn::module::Param::from_tensor(q.weight.val() * 100.0);
+    let (plain, sharpened) = (first(&model), first(&sharp));
+    assert!(plain > 0.0 && plain <= expected + 1e-5, "{plain}");
+    assert!(sharpened < 0.25 * plain, "entropy {plain} -> {sharpened} with 100x the queries");
 }

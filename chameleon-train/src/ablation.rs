@@ -1,21 +1,27 @@
 //! The ablation grid: an experiment file's `[ablation]` section turns its base experiment into a
-//! list of runs that differ only in the paper's stability switches.
+//! list of runs that differ only in the paper's stability switches (and the learning rate, the
+//! seed and whether image codes carry loss).
 //!
 //! ```toml
 //! [ablation]
-//! # Either lists, whose cartesian product is the grid …
-//! qk_norm = [false, true]
+//! # Lists, whose cartesian product is the grid …
 //! learning_rate = [1e-2, 1e-1]
-//! # … or explicit runs (each crossed with the lists above, which must not set the same switch).
+//! seed = [0, 1, 2]
+//! # … crossed with explicit runs. A run that sets a switch itself (one value or a list) is not
+//! # crossed with the section's list of that switch: here the second run trains at 1e-1 only.
 //! [[ablation.runs]]
-//! qk_norm = false
+//! qk_norm = [false, true]
 //! norm_placement = "PreNorm"
 //! z_loss = 0.0
+//! [[ablation.runs]]
+//! qk_norm = true
+//! dropout = 0.1
+//! learning_rate = 1e-1
 //! ```
 //!
-//! Run names come from the switches that vary across the grid, e.g. `noqk-pre-z0-lr1e-1`.
-//! [`run_grid`] trains the runs one after another into `DIR/<name>`; a run that diverges or fails
-//! is recorded and the next one starts. Running it again skips finished runs and resumes stopped
+//! Run names come from the switches that vary across the grid, e.g. `noqk-pre-z0-lr1e-1-seed0`.
+//! [`run_grid`] trains the runs into `DIR/<name>`, one or several at a time; a run that diverges or
+//! fails is recorded and the next one starts. Running it again skips finished runs and resumes stopped
 //! ones from their checkpoints.
 
 use std::path::{Path, PathBuf};
@@ -50,6 +56,9 @@ pub struct Switches {
     /// Residual and attention dropout (both).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dropout: Option<f64>,
+    /// Whether image-code targets carry loss (`false`: images are read, never generated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_loss: Option<bool>,
     /// Peak learning rate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub learning_rate: Option<f64>,
@@ -66,6 +75,7 @@ impl Switches {
             norm_placement: Some(exp.model.norm_placement),
             z_loss: Some(exp.train.z_loss),
             dropout: Some(exp.model.residual_dropout),
+            image_loss: Some(exp.train.image_loss),
             learning_rate: Some(exp.optim.learning_rate),
             seed: Some(exp.train.seed),
         }
@@ -87,6 +97,9 @@ impl Switches {
             exp.model.residual_dropout = v;
             exp.model.attention_dropout = v;
         }
+        if let Some(v) = self.image_loss {
+            exp.train.image_loss = v;
+        }
         if let Some(v) = self.learning_rate {
             exp.optim.learning_rate = v;
         }
@@ -97,8 +110,8 @@ impl Switches {
     }
 
     /// Name fragments, one per switch, in a fixed order: `qk`/`noqk`, `pre`/`swin`, `z1e-5`,
-    /// `drop1e-1`, `lr3e-1`, `seed1`.
-    fn fragments(&self) -> [Option<String>; 6] {
+    /// `drop1e-1`, `imgloss`/`noimgloss`, `lr3e-1`, `seed1`.
+    fn fragments(&self) -> [Option<String>; 7] {
         [
             self.qk_norm.map(|q| if q { "qk" } else { "noqk" }.to_string()),
             self.norm_placement.map(|p| match p {
@@ -107,12 +120,13 @@ impl Switches {
             }),
             self.z_loss.map(|z| format!("z{}", short(z))),
             self.dropout.map(|d| format!("drop{}", short(d))),
+            self.image_loss.map(|i| if i { "imgloss" } else { "noimgloss" }.to_string()),
             self.learning_rate.map(|l| format!("lr{}", short(l))),
             self.seed.map(|s| format!("seed{s}")),
         ]
     }
 
-    /// All switches, e.g. `noqk pre z0 drop0 lr1e-1 seed0` (for tables).
+    /// All switches, e.g. `noqk pre z0 drop0 imgloss lr1e-1 seed0` (for tables).
     pub fn describe(&self) -> String {
         self.fragments().into_iter().flatten().collect::<Vec<_>>().join(" ")
     }
@@ -136,11 +150,62 @@ struct AblationSection {
     #[serde(default)]
     dropout: Vec<f64>,
     #[serde(default)]
+    image_loss: Vec<bool>,
+    #[serde(default)]
     learning_rate: Vec<f64>,
     #[serde(default)]
     seed: Vec<u64>,
+    /// Learning rates from this one up are where the findings are claimed.
     #[serde(default)]
-    runs: Vec<Switches>,
+    high_learning_rate: Option<f64>,
+    #[serde(default)]
+    runs: Vec<toml::Table>,
+}
+
+/// One `[[ablation.runs]]` entry: each switch it sets, as one value or a list (crossed).
+#[derive(Debug, Clone, Default)]
+struct RunEntry {
+    qk_norm: Option<Vec<bool>>,
+    norm_placement: Option<Vec<NormPlacement>>,
+    z_loss: Option<Vec<f64>>,
+    dropout: Option<Vec<f64>>,
+    image_loss: Option<Vec<bool>>,
+    learning_rate: Option<Vec<f64>>,
+    seed: Option<Vec<u64>>,
+}
+
+impl RunEntry {
+    /// Entry `i` (0-based) as written; a bad value is named by entry and key.
+    fn parse(i: usize, table: &toml::Table) -> Result<Self, String> {
+        fn list<T: serde::de::DeserializeOwned>(v: &toml::Value) -> Result<Vec<T>, String> {
+            let items = match v {
+                toml::Value::Array(a) => a.clone(),
+                one => vec![one.clone()],
+            };
+            items.into_iter().map(|x| x.try_into().map_err(|e: toml::de::Error| e.message().to_string())).collect()
+        }
+        let mut e = Self::default();
+        for (key, value) in table {
+            let at = |m: String| format!("[[ablation.runs]] entry {}: `{key}`: {m}", i + 1);
+            match key.as_str() {
+                "qk_norm" => e.qk_norm = Some(list(value).map_err(at)?),
+                "norm_placement" => e.norm_placement = Some(list(value).map_err(at)?),
+                "z_loss" => e.z_loss = Some(list(value).map_err(at)?),
+                "dropout" => e.dropout = Some(list(value).map_err(at)?),
+                "image_loss" => e.image_loss = Some(list(value).map_err(at)?),
+                "learning_rate" => e.learning_rate = Some(list(value).map_err(at)?),
+                "seed" => e.seed = Some(list(value).map_err(at)?),
+                other => {
+                    return Err(format!(
+                        "[[ablation.runs]] entry {}: unknown switch `{other}`; known: qk_norm, norm_placement, z_loss, \
+                         dropout, image_loss, learning_rate, seed",
+                        i + 1
+                    ));
+                }
+            }
+        }
+        Ok(e)
+    }
 }
 
 /// One run of a grid.
@@ -169,6 +234,9 @@ pub struct Grid {
     pub file: PathBuf,
     /// The runs, in the order they train.
     pub runs: Vec<GridRun>,
+    /// `[ablation] high_learning_rate`: the findings are claimed at learning rates from this
+    /// one up (where the paper's instabilities live); `None`: at every learning rate.
+    pub high_learning_rate: Option<f64>,
 }
 
 impl Grid {
@@ -203,7 +271,10 @@ impl Grid {
                 ));
             }
         }
-        Ok(Self { file: path.to_path_buf(), runs: grid })
+        if let Some(h) = section.high_learning_rate.filter(|h| !(h.is_finite() && *h > 0.0)) {
+            return Err(ConfigError::new(path, format!("[ablation]: `high_learning_rate` = {h} must be positive")));
+        }
+        Ok(Self { file: path.to_path_buf(), runs: grid, high_learning_rate: section.high_learning_rate })
     }
 }
 
@@ -215,6 +286,7 @@ fn full(s: &Switches, base: &Experiment) -> Switches {
         norm_placement: s.norm_placement.or(b.norm_placement),
         z_loss: s.z_loss.or(b.z_loss),
         dropout: s.dropout.or(b.dropout),
+        image_loss: s.image_loss.or(b.image_loss),
         learning_rate: s.learning_rate.or(b.learning_rate),
         seed: s.seed.or(b.seed),
     }
@@ -228,32 +300,44 @@ fn name_of(run: &Switches, all: &[Switches]) -> String {
     if parts.is_empty() { "base".into() } else { parts.join("-") }
 }
 
-/// The explicit runs (or one empty run) crossed with every list.
+/// Each explicit run (or one empty run) as the product of its own values, with the section's
+/// list standing in for every switch the run does not set.
 fn expand(section: &AblationSection) -> Result<Vec<Switches>, String> {
-    let mut runs = if section.runs.is_empty() { vec![Switches::default()] } else { section.runs.clone() };
-    macro_rules! cross {
-        ($field:ident) => {
-            if !section.$field.is_empty() {
-                if let Some(i) = runs.iter().position(|r| r.$field.is_some()) {
+    let entries = if section.runs.is_empty() {
+        vec![RunEntry::default()]
+    } else {
+        section.runs.iter().enumerate().map(|(i, t)| RunEntry::parse(i, t)).collect::<Result<_, _>>()?
+    };
+    let mut runs = Vec::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let mut these = vec![Switches::default()];
+        macro_rules! cross {
+            ($field:ident) => {
+                let values = entry.$field.clone().unwrap_or_else(|| section.$field.clone());
+                if entry.$field.is_some() && values.is_empty() {
                     return Err(format!(
-                        "`{}` is both a list and set in [[ablation.runs]] entry {}; use one or the other",
-                        stringify!($field),
-                        i + 1
+                        "[[ablation.runs]] entry {}: `{}` is an empty list",
+                        i + 1,
+                        stringify!($field)
                     ));
                 }
-                runs = runs
-                    .iter()
-                    .flat_map(|r| section.$field.iter().map(move |v| Switches { $field: Some(v.clone()), ..r.clone() }))
-                    .collect();
-            }
-        };
+                if !values.is_empty() {
+                    these = these
+                        .iter()
+                        .flat_map(|r| values.iter().map(move |v| Switches { $field: Some(v.clone()), ..r.clone() }))
+                        .collect();
+                }
+            };
+        }
+        cross!(qk_norm);
+        cross!(norm_placement);
+        cross!(z_loss);
+        cross!(dropout);
+        cross!(image_loss);
+        cross!(learning_rate);
+        cross!(seed);
+        runs.extend(these);
     }
-    cross!(qk_norm);
-    cross!(norm_placement);
-    cross!(z_loss);
-    cross!(dropout);
-    cross!(learning_rate);
-    cross!(seed);
     for (i, r) in runs.iter().enumerate() {
         let bad =
             |what: &str, v: f64, ok: bool| (!ok).then(|| format!("run {}: `{what}` = {v} is out of range", i + 1));
@@ -278,129 +362,144 @@ pub struct Outcome {
     pub status: Status,
 }
 
-/// Trains every run of `grid` into `dir/<name>`, one after another. A run that diverges or fails
-/// does not stop the others. Runs already `done` or `diverged` are skipped; `stopped` runs (and
-/// runs whose process died) resume from their newest checkpoint. When `stop` is raised the
-/// current run checkpoints and stops, and no further run starts. `options` gives every run its
-/// progress bar and MFU peak (its `resume` and `stop` are set here).
+/// Trains one run of a grid: in this process ([`InProcess`]), or in a worker process (the CLI
+/// starts one per job, so that runs on the same CPU train side by side, each with its own
+/// process-wide RNG).
+pub trait Launcher: Sync {
+    /// Trains `run` into `run_dir` (continuing from its newest checkpoint with `resume`) until it
+    /// ends, or until `stop` is raised, when it checkpoints and stops.
+    fn launch(&self, run: &GridRun, run_dir: &Path, resume: bool, stop: &Arc<AtomicBool>)
+    -> Result<Status, TrainError>;
+}
+
+/// Trains runs in this process, on one device (or its replicas).
+pub struct InProcess<'a> {
+    /// The grid's prepared data.
+    pub prepared: &'a Prepared,
+    /// The device.
+    pub device: &'a Device,
+    /// Progress bar, MFU peak, replicas (`resume` and `stop` are set per run).
+    pub options: &'a RunOptions,
+}
+
+impl Launcher for InProcess<'_> {
+    fn launch(
+        &self,
+        run: &GridRun,
+        run_dir: &Path,
+        resume: bool,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<Status, TrainError> {
+        let options = RunOptions { resume, stop: Some(stop.clone()), ..self.options.clone() };
+        train(run.experiment(), self.prepared, run_dir, self.device, &options)
+    }
+}
+
+/// Trains every run of `grid` into `dir/<name>`, `jobs` at a time, in grid order. A run that
+/// diverges or fails does not stop the others. Runs already `done` or `diverged` are skipped;
+/// `stopped` runs (and runs whose process died) resume from their newest checkpoint. When `stop`
+/// is raised the current runs checkpoint and stop, and no further run starts. Returns the
+/// outcomes in grid order (runs that never started are left out).
 pub fn run_grid(
     grid: &Grid,
     prepared: &Prepared,
     dir: &Path,
-    device: &Device,
     stop: &Arc<AtomicBool>,
-    options: &RunOptions,
+    jobs: usize,
+    launcher: &dyn Launcher,
 ) -> Result<Vec<Outcome>, TrainError> {
     let io = |p: &Path, e: std::io::Error| TrainError { path: p.to_path_buf(), message: e.to_string() };
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
-    let index = serde_json::json!({ "experiment": grid.file, "runs": grid.runs });
+    let index = serde_json::json!({
+        "experiment": grid.file,
+        "high_learning_rate": grid.high_learning_rate,
+        "runs": grid.runs,
+    });
     let index_path = dir.join(GRID_FILE);
     std::fs::write(&index_path, serde_json::to_string_pretty(&index).unwrap_or_default())
         .map_err(|e| io(&index_path, e))?;
-    let mut outcomes = Vec::new();
-    for (i, run) in grid.runs.iter().enumerate() {
-        if stop.load(Ordering::Relaxed) {
-            break;
+    let n = grid.runs.len();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let outcomes = std::sync::Mutex::new(vec![None; n]);
+    let refused = std::sync::Mutex::new(None);
+    let worker = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= n || stop.load(Ordering::Relaxed) || refused.lock().is_ok_and(|r| r.is_some()) {
+                return;
+            }
+            match one(grid, i, prepared, dir, stop, launcher) {
+                Ok(outcome) => {
+                    if let Ok(mut o) = outcomes.lock() {
+                        o[i] = Some(outcome);
+                    }
+                }
+                Err(e) => {
+                    if let Ok(mut r) = refused.lock() {
+                        r.get_or_insert(e);
+                    }
+                }
+            }
         }
-        let run_dir = dir.join(&run.name);
-        let exp = run.experiment();
-        let resume = match prior(&run_dir, exp, prepared)? {
-            Prior::Finished(status) => {
-                tracing::info!(
-                    "[{}/{}] {}: already {} at step {}",
-                    i + 1,
-                    grid.runs.len(),
-                    run.name,
-                    status.state,
-                    status.step
-                );
-                outcomes.push(Outcome { name: run.name.clone(), status });
-                continue;
-            }
-            Prior::Resume => true,
-            Prior::Fresh => false,
-        };
-        tracing::info!(
-            "[{}/{}] {} ({}){}",
-            i + 1,
-            grid.runs.len(),
-            run.name,
-            run.switches.describe(),
-            if resume { ": resuming" } else { "" }
-        );
-        let options = RunOptions { resume, stop: Some(stop.clone()), ..options.clone() };
-        let status = match train(exp, prepared, &run_dir, device, &options) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("{}: {e}", run.name);
-                let status = Status { state: "failed".into(), step: 0, reason: Some(e.to_string()) };
-                let _ = std::fs::write(
-                    run_dir.join(STATUS_FILE),
-                    serde_json::to_string_pretty(&status).unwrap_or_default(),
-                );
-                status
-            }
-        };
-        tracing::info!(
-            "[{}/{}] {}: {} at step {}{}",
-            i + 1,
-            grid.runs.len(),
-            run.name,
-            status.state,
-            status.step,
-            status.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
-        );
-        outcomes.push(Outcome { name: run.name.clone(), status });
+    };
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.clamp(1, n.max(1)) {
+            scope.spawn(worker);
+        }
+    });
+    if let Some(e) = refused.into_inner().ok().flatten() {
+        return Err(e);
     }
-    Ok(outcomes)
+    Ok(outcomes.into_inner().unwrap_or_default().into_iter().flatten().collect())
 }
 
-/// The end-of-grid summary, read back from the run directories under `dir`: a table with one
-/// row per run (its final loss and the peak of each instability probe), then the paper's three
-/// findings as measured on this grid ([`crate::findings`]).
-pub fn summary(dir: &Path) -> Result<String, String> {
-    use crate::monitor::{Metric, RunState, Watch};
-    let watch = Watch::open(dir)?;
-    let mut out = format!(
-        "{:<28} {:<34} {:>13} {:>6} {:>8} {:>8} {:>12} {:>14} {:>14} {:>7}\n",
-        "run", "switches", "status", "steps", "loss", "CE@end", "held-out CE", "max attn logit", "max out RMS", "log Z"
-    );
-    let num = |v: Option<f64>, prec: usize| v.map_or_else(|| "-".to_string(), |v| format!("{v:.prec$}"));
-    let big = |v: Option<f64>| {
-        v.map_or_else(|| "-".to_string(), |v| if v.abs() >= 1e4 { format!("{v:.2e}") } else { format!("{v:.1}") })
+/// Trains run `i` of the grid (or finds it finished).
+fn one(
+    grid: &Grid,
+    i: usize,
+    prepared: &Prepared,
+    dir: &Path,
+    stop: &Arc<AtomicBool>,
+    launcher: &dyn Launcher,
+) -> Result<Outcome, TrainError> {
+    let run = &grid.runs[i];
+    let n = grid.runs.len();
+    let run_dir = dir.join(&run.name);
+    let resume = match prior(&run_dir, run.experiment(), prepared)? {
+        Prior::Finished(status) => {
+            tracing::info!("[{}/{n}] {}: already {} at step {}", i + 1, run.name, status.state, status.step);
+            return Ok(Outcome { name: run.name.clone(), status });
+        }
+        Prior::Resume => true,
+        Prior::Fresh => false,
     };
-    for r in &watch.runs {
-        let status = match &r.state {
-            RunState::Diverged(_) => format!("diverged@{}", r.status_step),
-            s => s.word().to_string(),
-        };
-        let held_out = match r.last_eval() {
-            Some((ce, None)) => format!("{ce:.4}"),
-            Some((ce, Some(step))) => format!("{ce:.4}@{step}"),
-            None => "-".to_string(),
-        };
-        out += &format!(
-            "{:<28} {:<34} {:>13} {:>6} {:>8} {:>8} {:>12} {:>14} {:>14} {:>7}\n",
-            r.name,
-            r.switches,
-            status,
-            r.step(),
-            num(r.last(Metric::Loss), 4),
-            num(r.final_ce(), 4),
-            held_out,
-            big(r.max(Metric::MaxAttnLogit)),
-            big(r.max(Metric::OutputRms)),
-            num(r.last(Metric::LogZ), 2),
-        );
-    }
-    out += "(loss: the last step's; CE@end: mean cross-entropy of the last 10 steps, without the z-loss term;\n \
-            held-out CE: the last evaluation on the fixed held-out set, @step when not at the run's last step;\n \
-            max attn logit and max out RMS: peaks over the run, max over layers; log Z: last step's mean)\n";
-    out += "\nThe paper's findings, from pairs of runs that differ in one switch:\n";
-    for f in crate::findings::findings(&watch.runs) {
-        out += &f.render();
-    }
-    Ok(out)
+    tracing::info!(
+        "[{}/{n}] {} ({}){}",
+        i + 1,
+        run.name,
+        run.switches.describe(),
+        if resume { ": resuming" } else { "" }
+    );
+    let status = match launcher.launch(run, &run_dir, resume, stop) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{}: {e}", run.name);
+            let status = Status { state: "failed".into(), step: 0, reason: Some(e.to_string()) };
+            let _ = std::fs::create_dir_all(&run_dir);
+            let _ =
+                std::fs::write(run_dir.join(STATUS_FILE), serde_json::to_string_pretty(&status).unwrap_or_default());
+            status
+        }
+    };
+    tracing::info!(
+        "[{}/{n}] {}: {} at step {}{}",
+        i + 1,
+        run.name,
+        status.state,
+        status.step,
+        status.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default()
+    );
+    Ok(Outcome { name: run.name.clone(), status })
 }
 
 enum Prior {
@@ -470,7 +569,7 @@ mod tests {
         assert_eq!(exp.optim.learning_rate, 0.3);
         // What the grid leaves alone comes from the base experiment.
         assert_eq!(exp.model.norm_placement, NormPlacement::Reordered);
-        assert_eq!(grid.runs[1].switches.describe(), "noqk swin z1e-5 drop0 lr3e-1 seed0");
+        assert_eq!(grid.runs[1].switches.describe(), "noqk swin z1e-5 drop0 imgloss lr3e-1 seed0");
     }
 
     #[test]
@@ -503,7 +602,10 @@ mod tests {
             ("[ablation]\nqk_norms = [true]\n", "qk_norms"),
             ("[ablation]\nlearning_rate = [0.0]\n", "learning_rate"),
             ("[ablation]\nseed = [1, 1]\n", "same switches"),
-            ("[ablation]\nqk_norm = [true]\n[[ablation.runs]]\nqk_norm = false\n", "both a list"),
+            ("[ablation]\n[[ablation.runs]]\nseed = []\n", "empty list"),
+            ("[ablation]\n[[ablation.runs]]\nimage_loss = 1\n", "entry 1: `image_loss`"),
+            ("[ablation]\n[[ablation.runs]]\nlearning_rate = [0.1, \"x\"]\n", "`learning_rate`"),
+            ("[ablation]\n[[ablation.runs]]\nqk_nrom = true\n", "unknown switch `qk_nrom`"),
             ("[ablation]\nnorm_placement = [\"Sandwich\"]\n", "Sandwich"),
         ];
         for (text, needle) in cases {
@@ -511,6 +613,37 @@ mod tests {
             let e = Grid::load(&path).unwrap_err().to_string();
             assert!(e.contains("grid.toml") && e.contains(needle), "{text:?} gave {e}");
         }
+    }
+
+    #[test]
+    fn a_run_that_sets_a_switch_itself_is_not_crossed_with_its_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "[ablation]\nlearning_rate = [1e-2, 1e-1]\nseed = [0, 1]\n\n\
+             [[ablation.runs]]\nqk_norm = [false, true]\n\n\
+             [[ablation.runs]]\nqk_norm = false\nimage_loss = false\nlearning_rate = 1e-1\n",
+        );
+        let grid = Grid::load(&path).unwrap();
+        let names: Vec<&str> = grid.runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "noqk-imgloss-lr1e-2-seed0",
+                "noqk-imgloss-lr1e-2-seed1",
+                "noqk-imgloss-lr1e-1-seed0",
+                "noqk-imgloss-lr1e-1-seed1",
+                "qk-imgloss-lr1e-2-seed0",
+                "qk-imgloss-lr1e-2-seed1",
+                "qk-imgloss-lr1e-1-seed0",
+                "qk-imgloss-lr1e-1-seed1",
+                "noqk-noimgloss-lr1e-1-seed0",
+                "noqk-noimgloss-lr1e-1-seed1",
+            ]
+        );
+        let e = grid.runs[9].experiment();
+        assert!(!e.train.image_loss && !e.model.qk_norm);
+        assert_eq!((e.optim.learning_rate, e.train.seed), (0.1, 1));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::optim::{OptimConfig, clip_global};
-use crate::trainer::losses;
+use crate::trainer::{LossSpec, losses};
 
 /// The model for P1 and P2: d 256, 4 layers, 4 heads, vocab 4096 (1024 image codes),
 /// with the two architectural fixes on or off.
@@ -81,7 +81,8 @@ impl TrainStep {
     pub fn run(&mut self) -> f64 {
         let model = self.model.take().expect("the model is put back after every step");
         let compute = self.precision.compute_copy(&model);
-        let (l, _) = losses(&compute, &self.batch, &self.layout, 1e-5, false, false, &self.device);
+        let spec = LossSpec { z_loss: 1e-5, image_loss: true, within_documents: false };
+        let (l, _) = losses(&compute, &self.batch, &self.layout, spec, false, &self.device);
         let loss = l.total.clone().detach().into_scalar::<f32>() as f64;
         let grads = GradientsParams::from_grads(l.total.backward(), &model);
         let (grads, _) = clip_global(&model, grads, 1.0);

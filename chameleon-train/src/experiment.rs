@@ -44,6 +44,11 @@ pub struct TrainConfig {
     /// that opens each): SFT packs several prompt/answer pairs per row, and a pair's answer must
     /// not read the pairs before it. Pre-training leaves it off, as Chameleon does.
     pub within_documents: bool,
+    /// Whether image-code targets carry loss. `false` masks it: images are still read as
+    /// context, never generated. The paper's control (its Figure 6b): without image generation,
+    /// Chameleon-7B trained stably.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub image_loss: bool,
     /// Start from these weights instead of a fresh initialisation: a checkpoint directory of a
     /// run of ours (`RUN/checkpoint-NNNNNNN`, its `model.bpk`). The optimizer starts fresh.
     /// `cargo xtask sft --from RUN` sets it to the run's newest checkpoint.
@@ -66,9 +71,18 @@ impl Default for TrainConfig {
             probe_every: 1,
             precision: Precision::F32,
             within_documents: false,
+            image_loss: true,
             init_from: None,
         }
     }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
 }
 
 /// The `[sft]` section of a fine-tuning experiment (`cargo xtask sft`): what it starts from.
@@ -86,7 +100,7 @@ pub struct SftConfig {
 
 impl Default for SftConfig {
     fn default() -> Self {
-        Self { from: "runs/stability/qk-swin-z1e-2-lr3e-1".into(), dropout: 0.05, eval_prompts: 100 }
+        Self { from: "runs/stability/qk-swin-z1e-5-drop0-imgloss-lr1e0-seed0".into(), dropout: 0.05, eval_prompts: 100 }
     }
 }
 
@@ -134,7 +148,7 @@ impl Experiment {
         let data = DataConfig::load(path).map_err(|e| ConfigError::new(path, e.message))?;
         let optim: OptimConfig = section(&table, "optim", &OptimConfig::default(), &[], path)?;
         let schedule: Schedule = section(&table, "schedule", &Schedule::default(), &[], path)?;
-        let train: TrainConfig = section(&table, "train", &TrainConfig::default(), &["init_from"], path)?;
+        let train: TrainConfig = section(&table, "train", &TrainConfig::default(), &["init_from", "image_loss"], path)?;
         let exp = Self { model, data, optim, schedule, train };
         exp.validate().map_err(|m| ConfigError::new(path, m))?;
         Ok(exp)

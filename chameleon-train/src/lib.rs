@@ -16,7 +16,6 @@ pub mod bench;
 mod config_file;
 pub mod data_parallel;
 pub mod experiment;
-pub mod findings;
 pub mod fixtures;
 pub mod monitor;
 pub mod optim;

@@ -135,21 +135,59 @@ fn tensors(batch: &Batch, bos: u32, device: &Device) -> (Tensor<2, Int>, Tensor<
     (inputs, targets, mask, documents)
 }
 
+/// What the loss of a batch counts, from `[train]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LossSpec {
+    /// z-loss coefficient (0 in evaluation).
+    pub(crate) z_loss: f64,
+    /// Whether image-code targets carry loss.
+    pub(crate) image_loss: bool,
+    /// Packed documents attend only to themselves.
+    pub(crate) within_documents: bool,
+}
+
+impl LossSpec {
+    /// The training loss of `exp`.
+    pub(crate) fn of(exp: &Experiment) -> Self {
+        let t = &exp.train;
+        Self { z_loss: t.z_loss, image_loss: t.image_loss, within_documents: t.within_documents }
+    }
+
+    /// The same without the z-loss term: what evaluation scores.
+    pub(crate) fn eval(exp: &Experiment) -> Self {
+        Self { z_loss: 0.0, ..Self::of(exp) }
+    }
+}
+
 /// Masked cross-entropy and z-loss of one batch (in f32 whatever the compute precision); also
-/// CE by target modality and per row. With `within_documents`, packed documents do not attend
+/// CE by target modality (over every target the data gives loss, image codes included even when
+/// `image_loss` is off) and per row. With `within_documents`, packed documents do not attend
 /// to each other (see [`Chameleon::forward_packed`]). The loss stays attached to the graph
 /// even when no target carries loss, so that its gradient is then exactly zero.
 pub(crate) fn losses(
     model: &Chameleon,
     batch: &Batch,
     layout: &VocabLayout,
-    z_coef: f64,
+    spec: LossSpec,
     probe: bool,
-    within_documents: bool,
     device: &Device,
 ) -> (Losses, Option<chameleon_model::Diagnostics>) {
-    let (inputs, targets, mask, documents) = tensors(batch, layout.special().bos, device);
+    let LossSpec { z_loss: z_coef, image_loss, within_documents } = spec;
+    let (inputs, targets, data_mask, documents) = tensors(batch, layout.special().bos, device);
     let [b, t] = inputs.dims();
+    let row_len = batch.row_len;
+    let target_of = |i: usize| batch.tokens[(i / t) * row_len + i % t + 1];
+    // Without image loss, image-code targets carry none: the model reads images, never learns
+    // to generate them. CE by modality still measures them, from the data's own mask.
+    let mask: Vec<f32> = if image_loss {
+        data_mask.clone()
+    } else {
+        data_mask
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| if layout.modality(target_of(i)) == Some(Modality::Image) { 0.0 } else { m })
+            .collect()
+    };
     // The probes take the explicit attention path and a few reductions; without them the model
     // runs its plain forward (fused attention where the backend has it: at inference, since
     // burn's autodiff decomposes attention anyway).
@@ -160,25 +198,23 @@ pub(crate) fn losses(
     };
     let nll =
         log_softmax(logits.cast(FloatDType::F32), 2).gather(2, targets.unsqueeze_dim::<3>(2)).squeeze_dim::<2>(2).neg();
-    let weights = |keep: &dyn Fn(usize) -> bool| -> Vec<f32> {
+    let weights = |mask: &[f32], keep: &dyn Fn(usize) -> bool| -> Vec<f32> {
         mask.iter().enumerate().map(|(i, &m)| if keep(i) { m } else { 0.0 }).collect()
     };
-    let row_len = batch.row_len;
-    let target_of = |i: usize| batch.tokens[(i / t) * row_len + i % t + 1];
     let weight_tensor = |w: Vec<f32>| Tensor::<2>::from_data(TensorData::new(w, [b, t]), device);
     let masked_mean = |w: Vec<f32>, x: Tensor<2>| -> Option<(Tensor<1>, f32)> {
         let n: f32 = w.iter().sum();
         (n > 0.0).then(|| ((x * weight_tensor(w)).sum().div_scalar(n), n))
     };
-    let all = weights(&|_| true);
+    let all = weights(&mask, &|_| true);
     let targets_with_loss: f32 = all.iter().sum();
     // Attached even with no target (a zero weight everywhere), so that backward sees zeros.
     let attached_mean = |x: Tensor<2>| (x * weight_tensor(all.clone())).sum().div_scalar(targets_with_loss.max(1.0));
     let ce = attached_mean(nll.clone());
     let is = |m: Modality| move |i: usize| layout.modality(target_of(i)) == Some(m);
     let scalar = |x: Option<(Tensor<1>, f32)>| x.map(|(x, n)| (x.detach().into_scalar::<f32>() as f64, n as f64));
-    let ce_text = scalar(masked_mean(weights(&is(Modality::Text)), nll.clone()));
-    let ce_image = scalar(masked_mean(weights(&is(Modality::Image)), nll.clone()));
+    let ce_text = scalar(masked_mean(weights(&data_mask, &is(Modality::Text)), nll.clone()));
+    let ce_image = scalar(masked_mean(weights(&data_mask, &is(Modality::Image)), nll.clone()));
     let row_sums: Vec<f32> = (nll.detach() * weight_tensor(all.clone()))
         .sum_dim(1)
         .into_data_as::<f32>()
@@ -208,8 +244,15 @@ pub(crate) struct Measured {
     rows: Vec<(usize, f64, f64)>,
     log_z_mean: f64,
     log_z_max: f64,
-    /// The probes: max attention logit and block-output RMS, per layer.
-    diag: Option<(Vec<f64>, Vec<f64>)>,
+    /// The probes, per layer.
+    diag: Option<Probed>,
+}
+
+/// The stability probes of one micro-batch, per layer, on the host.
+pub(crate) struct Probed {
+    max_attn_logit: Vec<f64>,
+    attn_entropy: Vec<f64>,
+    output_rms: Vec<f64>,
 }
 
 /// A replica's share of a step: forward and backward over its micro-batches, each loss scaled
@@ -229,7 +272,7 @@ pub(crate) fn forward_backward(
     for (index, batch) in batches {
         // A fresh compute copy per micro-batch: each backward consumes its graph, casts included.
         let compute = exp.train.precision.compute_copy(model);
-        let (l, diag) = losses(&compute, batch, layout, exp.train.z_loss, probe, exp.train.within_documents, device);
+        let (l, diag) = losses(&compute, batch, layout, LossSpec::of(exp), probe, device);
         measured.push(Measured {
             index: *index,
             ce: l.ce.clone().detach().into_scalar::<f32>() as f64,
@@ -239,7 +282,11 @@ pub(crate) fn forward_backward(
             rows: batch.sources.iter().zip(&l.ce_rows).map(|(&s, &(sum, n))| (s, sum, n)).collect(),
             log_z_mean: l.log_z_mean,
             log_z_max: l.log_z_max,
-            diag: diag.map(|d| (to_vec(d.max_attn_logit), to_vec(d.output_rms))),
+            diag: diag.map(|d| Probed {
+                max_attn_logit: to_vec(d.max_attn_logit),
+                attn_entropy: to_vec(d.attn_entropy),
+                output_rms: to_vec(d.output_rms),
+            }),
         });
         let grads = GradientsParams::from_grads(l.total.div_scalar(accum).backward(), model);
         acc.accumulate(model, grads);
@@ -341,10 +388,8 @@ struct HeldOutCe {
 /// Scores the held-out set's batches.
 fn evaluate(model: &Chameleon, set: &[Batch], exp: &Experiment, layout: &VocabLayout, device: &Device) -> HeldOutCe {
     let compute = exp.train.precision.compute_copy(model);
-    let scored: Vec<Losses> = set
-        .iter()
-        .map(|batch| losses(&compute, batch, layout, 0.0, false, exp.train.within_documents, device).0)
-        .collect();
+    let scored: Vec<Losses> =
+        set.iter().map(|batch| losses(&compute, batch, layout, LossSpec::eval(exp), false, device).0).collect();
     // Summed CE over the number of targets: a batch with few (in SFT, maybe no) targets that
     // carry loss counts for as few.
     let per_target = |parts: &mut dyn Iterator<Item = (f64, f64)>| {
@@ -357,6 +402,15 @@ fn evaluate(model: &Chameleon, set: &[Batch], exp: &Experiment, layout: &VocabLa
         text: per_target(&mut scored.iter().filter_map(|l| summed(l.ce_text))),
         image: per_target(&mut scored.iter().filter_map(|l| summed(l.ce_image))),
     }
+}
+
+/// The training data's sampling: `[data]` with its seed moved by `train.seed`, so that a run's
+/// seed fixes its data order as well as its initialisation (`train.seed = 0` leaves `data.seed`
+/// as it is). The held-out set keeps `data.seed`: every seed of an ablation scores the same
+/// tokens.
+fn sampling(exp: &Experiment) -> chameleon_data::DataConfig {
+    let moved = exp.data.seed ^ exp.train.seed.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    chameleon_data::DataConfig { seed: moved, ..exp.data.clone() }
 }
 
 /// The experiment with the vocabulary size taken from the prepared data, as written to
@@ -406,7 +460,7 @@ pub fn train(
     std::fs::write(run.join(CONFIG_FILE), resolved.to_toml().map_err(|e| err(run, e))?).map_err(|e| err(run, e))?;
 
     let train_device = device.clone().autodiff();
-    let mut mixture = open_mixture(prepared, &exp.data, Split::Train).map_err(|e| err(&prepared.dir, e))?;
+    let mut mixture = open_mixture(prepared, &sampling(exp), Split::Train).map_err(|e| err(&prepared.dir, e))?;
     let held_out = if exp.train.eval_every > 0 { Some(held_out_set(prepared, exp)?) } else { None };
     let seed = exp.train.seed;
     train_device.seed(seed);
@@ -564,13 +618,21 @@ pub fn train(
                 row["ce_by_source"] = per.into();
             }
             if let Some(first) = diags.first() {
-                let layers = first.0.len();
-                let attn: Vec<f64> =
-                    (0..layers).map(|l| diags.iter().map(|d| d.0[l]).fold(f64::MIN, f64::max)).collect();
-                let rms: Vec<f64> =
-                    (0..layers).map(|l| diags.iter().map(|d| d.1[l]).sum::<f64>() / diags.len() as f64).collect();
+                let layers = first.max_attn_logit.len();
+                let per_layer =
+                    |f: &dyn Fn(&Probed, usize) -> f64, fold: fn(f64, f64) -> f64, start: f64| -> Vec<f64> {
+                        (0..layers).map(|l| diags.iter().map(|d| f(d, l)).fold(start, fold)).collect()
+                    };
+                let attn = per_layer(&|d, l| d.max_attn_logit[l], f64::max, f64::MIN);
+                let entropy = per_layer(&|d, l| d.attn_entropy[l], f64::min, f64::MAX);
+                let rms: Vec<f64> = per_layer(&|d, l| d.output_rms[l], |a, b| a + b, 0.0)
+                    .into_iter()
+                    .map(|sum| sum / diags.len() as f64)
+                    .collect();
                 row["max_attn_logit"] = attn.iter().copied().fold(f64::MIN, f64::max).into();
                 row["max_attn_logit_per_layer"] = attn.into();
+                row["min_attn_entropy"] = entropy.iter().copied().fold(f64::MAX, f64::min).into();
+                row["attn_entropy_per_layer"] = entropy.into();
                 row["output_rms"] = rms.into();
             }
             if let Some(peak) = &options.peak {
@@ -659,7 +721,8 @@ mod tests {
 
     /// The gradient of the output projection and of the token embedding, flattened.
     fn gradient(model: &Chameleon, batch: &Batch, layout: &VocabLayout, within: bool, device: &Device) -> Vec<f32> {
-        let (l, _) = losses(model, batch, layout, 1e-4, false, within, device);
+        let spec = LossSpec { z_loss: 1e-4, image_loss: true, within_documents: within };
+        let (l, _) = losses(model, batch, layout, spec, false, device);
         let grads = l.total.backward();
         let mut out = Vec::new();
         for g in [model.lm_head.weight.val().grad(&grads), model.embed_tokens.weight.val().grad(&grads)] {
@@ -682,6 +745,55 @@ mod tests {
         // With an answer there is one.
         let pair = row(&[vec![20, 21, eot, 30, 31]], 15, &layout);
         assert!(gradient(&model, &pair, &layout, true, &device).iter().any(|&x| x != 0.0));
+    }
+
+    #[test]
+    fn without_image_loss_image_targets_carry_none_but_are_still_measured() {
+        let (model, layout, device) = setup();
+        let s = layout.special();
+        // Text, an image block (codes 7..15 in this layout), text.
+        let tokens = vec![s.bos, 20, 21, s.begin_image, 7, 8, 9, 10, s.end_image, 22, 23, 24];
+        let n = tokens.len();
+        let batch = Batch { batch_size: 1, row_len: n, tokens: tokens.clone(), loss: vec![1; n], sources: vec![0] };
+        let spec = |image_loss| LossSpec { z_loss: 0.0, image_loss, within_documents: false };
+        let (with, _) = losses(&model, &batch, &layout, spec(true), false, &device);
+        let (without, _) = losses(&model, &batch, &layout, spec(false), false, &device);
+        let images = tokens[1..].iter().filter(|&&t| layout.modality(t) == Some(Modality::Image)).count();
+        assert_eq!(images, 4);
+        assert_eq!(with.ce_rows[0].1, (n - 1) as f64);
+        assert_eq!(without.ce_rows[0].1, (n - 1 - images) as f64, "image targets still counted");
+        // CE by modality is measured either way, from the data's own mask.
+        assert_eq!(with.ce_image, without.ce_image);
+        let (image_mean, image_n) = without.ce_image.unwrap();
+        assert_eq!(image_n, images as f64);
+        // The summed CE splits exactly into the image targets and the rest.
+        let whole = with.ce_rows[0].0;
+        let rest = without.ce_rows[0].0;
+        assert!((whole - rest - image_mean * image_n).abs() < 1e-3 * whole, "{whole} != {rest} + images");
+
+        // A row of image codes alone gives no gradient at all without image loss.
+        let codes = vec![7, 8, 9, 10, 11, 12, 13, 14, 7, 8];
+        let only =
+            Batch { batch_size: 1, row_len: codes.len(), loss: vec![1; codes.len()], tokens: codes, sources: vec![0] };
+        let (l, _) = losses(&model, &only, &layout, spec(false), false, &device);
+        let grads = l.total.backward();
+        let g = model.lm_head.weight.val().grad(&grads).expect("attached").into_data().convert::<f32>();
+        assert!(g.iter::<f32>().all(|x| x == 0.0), "image targets without image loss produced a gradient");
+    }
+
+    #[test]
+    fn the_seed_moves_the_training_data_order_but_not_data_seed_at_0() {
+        let smoke = concat!(env!("CARGO_MANIFEST_DIR"), "/../experiments/smoke.toml");
+        let mut exp = Experiment::load(Path::new(smoke)).unwrap();
+        exp.data.seed = 7;
+        let seeds: Vec<u64> = (0..3)
+            .map(|s| {
+                exp.train.seed = s;
+                sampling(&exp).seed
+            })
+            .collect();
+        assert_eq!(seeds[0], 7, "seed 0 keeps the data seed (runs before seeds moved it train as before)");
+        assert!(seeds[1] != seeds[0] && seeds[2] != seeds[0] && seeds[1] != seeds[2], "{seeds:?}");
     }
 
     #[test]

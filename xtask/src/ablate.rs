@@ -1,11 +1,17 @@
 //! `cargo xtask ablate [FILE]` and `cargo xtask monitor DIR`: the stability grid, live.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, anyhow};
 use burn::tensor::Device;
-use chameleon_train::ablation::{Grid, run_grid, summary};
+use chameleon_eval::ablation::summary;
+use chameleon_train::ablation::{Grid, GridRun, InProcess, Launcher, run_grid};
 use chameleon_train::monitor::{self, Watch};
+use chameleon_train::trainer::{RunOptions, STATUS_FILE, Status, TrainError, train};
 
 use crate::data::prepare_data;
 use crate::live::monitored;
@@ -13,13 +19,18 @@ use crate::live::monitored;
 /// The default grid.
 pub const DEFAULT_GRID: &str = "experiments/stability.toml";
 
-/// Runs the grid of `file` into `runs_dir` (default `runs/<file stem>`), with the live monitor on
-/// a terminal and plain progress lines otherwise, then prints the summary table.
+/// The grid's log while the monitor owns the terminal.
+const LOG: &str = "ablate.log";
+
+/// Runs the grid of `file` into `runs_dir` (default `runs/<file stem>`), `jobs` runs at a time,
+/// with the live monitor on a terminal and plain progress lines otherwise, then prints the
+/// summary and writes the report.
 pub fn run(
     file: Option<&Path>,
     runs_dir: Option<&Path>,
     no_tui: bool,
     cache: &Path,
+    jobs: Option<usize>,
     device: &Device,
     spec: &str,
 ) -> Result<()> {
@@ -29,14 +40,33 @@ pub fn run(
         || PathBuf::from("runs").join(file.file_stem().and_then(|s| s.to_str()).unwrap_or("grid")),
         Path::to_path_buf,
     );
-    println!("{}: {} runs into {}", file.display(), grid.runs.len(), dir.display());
+    let jobs = match jobs {
+        Some(0) => anyhow::bail!("--jobs 0: give at least 1"),
+        Some(j) => j,
+        // One run per core on the CPU; a GPU (or a list of them) trains one run at a time.
+        None if spec.trim() == "cpu" => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        None => 1,
+    }
+    .min(grid.runs.len());
+    println!("{}: {} runs into {}, {jobs} at a time", file.display(), grid.runs.len(), dir.display());
     // The switches never touch [data], so every run shares one prepared folder.
     let prepared = prepare_data(&grid.runs[0].experiment().data, cache, false, device)?;
     let precision = grid.runs[0].experiment().train.precision;
     let options = crate::device::training(spec, precision, device)?;
+    let tui = !no_tui && monitor::has_terminal();
+    let workers = Workers {
+        file: file.clone(),
+        dir: dir.clone(),
+        cache: cache.to_path_buf(),
+        device: spec.to_string(),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(jobs).max(1),
+        log: tui.then(|| dir.join(LOG)),
+    };
     let (grid2, dir2, device2) = (grid.clone(), dir.clone(), device.clone());
-    let outcomes = monitored(&dir, "ablate.log", !no_tui, move |stop| {
-        Ok(run_grid(&grid2, &prepared, &dir2, &device2, &stop, &options)?)
+    let outcomes = monitored(&dir, LOG, tui, move |stop| {
+        let in_process = InProcess { prepared: &prepared, device: &device2, options: &options };
+        let launcher: &dyn Launcher = if jobs > 1 { &workers } else { &in_process };
+        Ok(run_grid(&grid2, &prepared, &dir2, &stop, jobs, launcher)?)
     })?;
     let table = summary(&dir).map_err(|e| anyhow!(e))?;
     let path = dir.join("summary.txt");
@@ -50,11 +80,136 @@ pub fn run(
     Ok(())
 }
 
+/// Trains each run in a worker process of this executable (`grid-worker`), so that several runs
+/// train side by side, each with its own process-wide RNG (burn's, which dropout and
+/// initialisation draw from): a run trains to the same bits as it would alone.
+struct Workers {
+    file: PathBuf,
+    dir: PathBuf,
+    cache: PathBuf,
+    device: String,
+    /// Threads per worker (the cores shared out).
+    threads: usize,
+    /// Where the workers log while the monitor owns the terminal (else: this process' stderr).
+    log: Option<PathBuf>,
+}
+
+impl Launcher for Workers {
+    fn launch(
+        &self,
+        run: &GridRun,
+        run_dir: &Path,
+        resume: bool,
+        stop: &Arc<AtomicBool>,
+    ) -> Result<Status, TrainError> {
+        let fail = |m: String| TrainError { path: run_dir.to_path_buf(), message: m };
+        let exe = this_executable().map_err(|e| fail(format!("cannot find this executable: {e}")))?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["--device", &self.device, "grid-worker"])
+            .arg(&self.file)
+            .arg("--runs-dir")
+            .arg(&self.dir)
+            .args(["--run", &run.name])
+            .arg("--cache")
+            .arg(&self.cache)
+            .env("RAYON_NUM_THREADS", self.threads.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null());
+        if resume {
+            cmd.arg("--resume");
+        }
+        if let Some(log) = &self.log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .map_err(|e| fail(format!("{}: cannot open the log: {e}", log.display())))?;
+            cmd.stderr(file);
+        }
+        let mut child = cmd.spawn().map_err(|e| fail(format!("cannot start a worker process: {e}")))?;
+        let mut stdin = child.stdin.take();
+        let exit = loop {
+            match child.try_wait() {
+                Ok(Some(exit)) => break exit,
+                Ok(None) => {}
+                Err(e) => return Err(fail(format!("lost the worker process: {e}"))),
+            }
+            if stop.load(Ordering::Relaxed)
+                && let Some(mut pipe) = stdin.take()
+            {
+                // It checkpoints after its current step and exits.
+                let _ = writeln!(pipe, "stop");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let status: Option<Status> = std::fs::read_to_string(run_dir.join(STATUS_FILE))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .filter(|s: &Status| s.state != "running");
+        match status {
+            Some(s) if exit.success() => Ok(s),
+            _ => {
+                let log = self.log.as_ref().map_or_else(|| "above".to_string(), |l| format!("in {}", l.display()));
+                Err(fail(format!("its worker process ended with {exit} (its error is {log})")))
+            }
+        }
+    }
+}
+
+/// The executable this process runs. On Linux, `/proc/self/exe`: it stays this very program even
+/// when the file is rebuilt or removed during a long grid (its path would then name a new binary,
+/// or nothing).
+fn this_executable() -> std::io::Result<PathBuf> {
+    let proc = Path::new("/proc/self/exe");
+    if proc.exists() { Ok(proc.to_path_buf()) } else { std::env::current_exe() }
+}
+
+/// `grid-worker`: trains one run of the grid of `file` into `runs_dir/run`, until it ends or
+/// its standard input says `stop` (or closes), when it checkpoints and stops.
+pub fn worker(
+    file: &Path,
+    runs_dir: &Path,
+    run: &str,
+    resume: bool,
+    cache: &Path,
+    device: &Device,
+    spec: &str,
+) -> Result<()> {
+    let grid = Grid::load(file)?;
+    let Some(run) = grid.runs.iter().find(|r| r.name == run) else {
+        anyhow::bail!("{}: the grid has no run named `{run}`", file.display());
+    };
+    let exp = run.experiment();
+    let prepared = prepare_data(&exp.data, cache, false, device)?;
+    let options = crate::device::training(spec, exp.train.precision, device)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let raised = stop.clone();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        // A line saying `stop`, or the parent gone (end of input).
+        while std::io::stdin().read_line(&mut line).is_ok_and(|n| n > 0) && line.trim() != "stop" {
+            line.clear();
+        }
+        raised.store(true, Ordering::Relaxed);
+    });
+    let options = RunOptions { resume, stop: Some(stop), ..options };
+    train(exp, &prepared, &runs_dir.join(&run.name), device, &options)?;
+    Ok(())
+}
+
 /// Writes the ablation report of the grid in `runs_dir` into `out` (default `RUNS_DIR/report`).
 pub fn report(runs_dir: &Path, out: Option<&Path>) -> Result<()> {
     let out = out.map_or_else(|| runs_dir.join("report"), Path::to_path_buf);
-    let path = chameleon_eval::report::write_report(runs_dir, &out)?;
+    let path = chameleon_eval::ablation::write_report(runs_dir, &out)?;
     println!("report: {} (plots beside it)", path.display());
+    Ok(())
+}
+
+/// Prints the verdicts of two runs of a grid side by side, and how far their cells moved.
+pub fn compare(a: &Path, b: &Path) -> Result<()> {
+    let read = |d: &Path| chameleon_eval::ablation::Analysis::read(d).map_err(|e| anyhow!(e));
+    let (x, y) = (read(a)?, read(b)?);
+    print!("{}", chameleon_eval::ablation::compare(&x, &a.display().to_string(), &y, &b.display().to_string()));
     Ok(())
 }
 

@@ -95,44 +95,75 @@ fn the_grid_outlives_a_diverging_run_and_resumes_a_killed_one_exactly() {
     let cache = root.join("cache");
 
     let whole = root.join("whole");
-    let out = xtask(&["ablate", arg(&exp), "--runs-dir", arg(&whole), "--cache", arg(&cache)]);
+    let ablate = |dir: &Path, jobs: &str| {
+        xtask(&["ablate", arg(&exp), "--runs-dir", arg(dir), "--cache", arg(&cache), "--jobs", jobs])
+    };
+    let out = ablate(&whole, "1");
     assert!(out.status.success(), "{}", stderr(&out));
     let table = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(table.contains("lr1e6") && table.contains("diverged@"), "{table}");
-    assert!(table.contains("lr3e-3") && table.contains("done"), "{table}");
-    assert!(table.contains("The paper's findings"), "{table}");
+    // One variant at two learning rates, one seed: cells, then every run with its status.
+    let row = |start: &str| table.lines().find(|l| l.starts_with(start)).unwrap_or_else(|| panic!("{start}: {table}"));
+    assert!(row("lr1e6 ").contains("diverged@") && row("lr3e-3 ").contains(" done "), "{table}");
+    assert!(table.contains("The findings"), "{table}");
     // The trained run's held-out CE is its evaluation at its last step, as metrics.jsonl has it;
     // the run that diverged at once never evaluated.
     let last: serde_json::Value = serde_json::from_str(
         std::fs::read_to_string(whole.join("lr3e-3/metrics.jsonl")).unwrap().lines().last().unwrap(),
     )
     .unwrap();
-    let held_out = format!("{:.4}", last["eval_ce"].as_f64().unwrap());
-    // The column before the last three (max attn logit, max out RMS, log Z); both rows come from
-    // one format, so once the trained run's value is found there, the column is the held-out one.
-    let held_out_of = |name: &str| {
-        let cols: Vec<String> =
-            table.lines().find(|l| l.starts_with(name)).unwrap().split_whitespace().map(String::from).collect();
-        cols[cols.len() - 4].clone()
-    };
+    let held_out = format!("{:.3}", last["eval_ce"].as_f64().unwrap());
+    // The runs table's columns: run, status, steps, CE at the end, held-out CE, ...
+    let held_out_of = |name: &str| row(&format!("{name} ")).split_whitespace().nth(4).unwrap().to_string();
     assert_eq!(held_out_of("lr3e-3"), held_out, "{table}");
     assert_eq!(held_out_of("lr1e6"), "-", "{table}");
     assert!(whole.join("grid.json").is_file());
-    // It ends with the report: markdown beside its plots.
+    // It ends with the report: markdown beside its plots, the curves of the cross-entropy.
     let report = std::fs::read_to_string(whole.join("report/report.md")).unwrap();
-    assert!(report.contains("](loss.png)") && whole.join("report/loss.png").is_file(), "{report}");
+    assert!(report.contains("](ce.png)") && whole.join("report/ce.png").is_file(), "{report}");
     assert_eq!(losses(&whole.join("lr3e-3")).len(), steps);
 
+    // Two runs side by side, each in a worker process of its own, train to the same bits.
+    let parallel = root.join("parallel");
+    let out = ablate(&parallel, "2");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 at a time"));
+    for run in ["lr1e6", "lr3e-3"] {
+        assert_eq!(losses(&whole.join(run)), losses(&parallel.join(run)), "{run} differs in a worker process");
+    }
+    // A worker told `stop` on its standard input (the monitor's `q`) checkpoints and stops; the
+    // grid resumes it, to the same bits.
+    let stopped = root.join("stopped");
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["grid-worker", arg(&exp), "--runs-dir", arg(&stopped), "--run", "lr3e-3", "--cache", arg(&cache)])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !stopped.join("lr3e-3/checkpoint-0000010/state.json").exists() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::io::Write::write_all(worker.stdin.as_mut().unwrap(), b"stop\n").unwrap();
+    assert!(worker.wait().unwrap().success());
+    let status = std::fs::read_to_string(stopped.join("lr3e-3/status.json")).unwrap();
+    assert!(status.contains("stopped"), "{status}");
+    assert!(losses(&stopped.join("lr3e-3")).len() < steps, "the worker ran to the end");
+    let out = ablate(&stopped, "2");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(losses(&whole.join("lr3e-3")), losses(&stopped.join("lr3e-3")));
+
     // Run again: nothing to do.
-    let out = xtask(&["ablate", arg(&exp), "--runs-dir", arg(&whole), "--cache", arg(&cache)]);
+    let out = ablate(&whole, "1");
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("already done"), "{}", stderr(&out));
 
-    // SIGKILL a second grid in its second run, after a checkpoint; running it again resumes
-    // that run and writes the same losses to the last bit.
+    // SIGKILL a second grid (training in its own process) in its second run, after a
+    // checkpoint; running it again resumes that run and writes the same losses to the last bit.
     let killed = root.join("killed");
     let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["ablate", arg(&exp), "--runs-dir", arg(&killed), "--cache", arg(&cache)])
+        .args(["ablate", arg(&exp), "--runs-dir", arg(&killed), "--cache", arg(&cache), "--jobs", "1"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -145,7 +176,7 @@ fn the_grid_outlives_a_diverging_run_and_resumes_a_killed_one_exactly() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(losses(&killed.join("lr3e-3")).len() < steps, "the run finished before it was killed");
-    let out = xtask(&["ablate", arg(&exp), "--runs-dir", arg(&killed), "--cache", arg(&cache)]);
+    let out = ablate(&killed, "1");
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("resuming"), "{}", stderr(&out));
     assert_eq!(losses(&whole.join("lr3e-3")), losses(&killed.join("lr3e-3")));

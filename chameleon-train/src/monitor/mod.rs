@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 
-pub use runs::{Metric, RunState, RunView, Watch};
+pub use runs::{Metric, Point, RunState, RunView, Watch};
 pub use view::{Action, App};
 
 /// Training that the monitor owns: `q` raises `stop` and waits for the thread to checkpoint.

@@ -29,11 +29,13 @@ pub enum Metric {
     LossBySource,
     /// Cross-entropy on the fixed held-out set (every `eval_every` steps).
     EvalCe,
+    /// Attention entropy of the least spread-out head, the min over layers.
+    AttnEntropy,
 }
 
 impl Metric {
-    /// Every metric, in the order the keys 1–8 pick them.
-    pub const ALL: [Metric; 8] = [
+    /// Every metric, in the order the keys 1–9 pick them.
+    pub const ALL: [Metric; 9] = [
         Metric::Loss,
         Metric::MaxAttnLogit,
         Metric::OutputRms,
@@ -42,6 +44,7 @@ impl Metric {
         Metric::Lr,
         Metric::LossBySource,
         Metric::EvalCe,
+        Metric::AttnEntropy,
     ];
 
     /// Title in the chart.
@@ -55,6 +58,7 @@ impl Metric {
             Metric::Lr => "learning rate",
             Metric::LossBySource => "cross-entropy per source (highlighted run)",
             Metric::EvalCe => "held-out cross-entropy",
+            Metric::AttnEntropy => "attention entropy (min over heads and layers)",
         }
     }
 
@@ -76,6 +80,7 @@ impl Metric {
             // One series per source: see `Point::by_source`.
             Metric::LossBySource => None,
             Metric::EvalCe => get("eval_ce"),
+            Metric::AttnEntropy => get("min_attn_entropy"),
         };
         v.unwrap_or(f64::NAN)
     }
@@ -92,12 +97,21 @@ pub struct Point {
     pub tokens_per_s: f64,
     /// Cross-entropy alone (the loss less the z-loss term; NaN when absent).
     pub ce: f64,
+    /// Cross-entropy on text targets and on image targets (NaN when absent).
+    pub ce_text: f64,
+    /// See `ce_text`.
+    pub ce_image: f64,
+    /// Held-out cross-entropy on text and on image targets, where this step evaluated (NaN
+    /// otherwise).
+    pub eval_ce_text: f64,
+    /// See `eval_ce_text`.
+    pub eval_ce_image: f64,
     /// Cross-entropy per source (`ce_by_source`; empty for single-source runs).
     pub by_source: Vec<(String, f64)>,
     /// Whether this step evaluated on the held-out set (`eval_ce` present, even as null: a
     /// non-finite result).
     pub evaluated: bool,
-    values: [f64; 8],
+    values: [f64; 9],
 }
 
 impl Point {
@@ -109,6 +123,10 @@ impl Point {
             tokens: row["tokens"].as_f64().unwrap_or(0.0),
             tokens_per_s: row["tokens_per_s"].as_f64().unwrap_or(0.0),
             ce: row["ce"].as_f64().unwrap_or(f64::NAN),
+            ce_text: row["ce_text"].as_f64().unwrap_or(f64::NAN),
+            ce_image: row["ce_image"].as_f64().unwrap_or(f64::NAN),
+            eval_ce_text: row["eval_ce_text"].as_f64().unwrap_or(f64::NAN),
+            eval_ce_image: row["eval_ce_image"].as_f64().unwrap_or(f64::NAN),
             by_source: row["ce_by_source"]
                 .as_object()
                 .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), v.as_f64()?))).collect())
@@ -302,6 +320,11 @@ impl RunView {
     /// First value of `metric`.
     pub fn first(&self, metric: Metric) -> Option<f64> {
         self.points.first().map(|p| p.value(metric)).filter(|v| v.is_finite())
+    }
+
+    /// Smallest value of `metric` so far.
+    pub fn min(&self, metric: Metric) -> Option<f64> {
+        self.points.iter().map(|p| p.value(metric)).filter(|v| v.is_finite()).reduce(f64::min)
     }
 
     /// Largest value of `metric` so far.

@@ -69,7 +69,7 @@ impl App {
             KeyCode::Char('M') | KeyCode::BackTab | KeyCode::Left => {
                 self.metric = Metric::ALL[(at + Metric::ALL.len() - 1) % Metric::ALL.len()]
             }
-            KeyCode::Char(c @ '1'..='8') => self.metric = Metric::ALL[c as usize - '1' as usize],
+            KeyCode::Char(c @ '1'..='9') => self.metric = Metric::ALL[c as usize - '1' as usize],
             KeyCode::Down | KeyCode::Char('j') => self.selected = (self.selected + 1) % n,
             KeyCode::Up | KeyCode::Char('k') => self.selected = (self.selected + n - 1) % n,
             KeyCode::Char('l') => self.log_scale = !self.log_scale,
@@ -227,7 +227,7 @@ impl App {
     }
 
     fn render_help(&self, frame: &mut Frame, area: Rect) {
-        let keys = "q quit · m/M or 1-8 metric · ↑/↓ run · l log scale · a all runs / highlighted only";
+        let keys = "q quit · m/M or 1-9 metric · ↑/↓ run · l log scale · a all runs / highlighted only";
         let detail = self.watch.runs.get(self.selected).and_then(|r| match &r.state {
             RunState::Diverged(why) | RunState::Failed(why) => Some(format!("{}: {why}", r.name)),
             _ => None,
@@ -374,6 +374,8 @@ mod tests {
         app.on_key(KeyCode::Char('m'));
         assert_eq!(app.metric, Metric::EvalCe);
         app.on_key(KeyCode::Char('m'));
+        assert_eq!(app.metric, Metric::AttnEntropy);
+        app.on_key(KeyCode::Char('m'));
         assert_eq!(app.metric, Metric::Loss, "m wraps around to the first metric");
     }
 
@@ -402,6 +404,24 @@ mod tests {
         // The y axis spans the three evaluations, 3.0 … 7.0 (with margins), not the loss of 5.
         let top: f64 = text.lines().find_map(|l| l.strip_prefix("│")?.split('│').next()?.trim().parse().ok()).unwrap();
         assert!((7.0..8.0).contains(&top), "{top}\n{text}");
+    }
+
+    #[test]
+    fn key_9_charts_the_attention_entropy() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: String = (1..=10)
+            .map(|s| {
+                let row = serde_json::json!({"step": s, "tokens": s * 100, "loss": 5.0, "min_attn_entropy": 3.0 - 0.25 * s as f64});
+                format!("{row}\n")
+            })
+            .collect();
+        std::fs::write(dir.path().join(METRICS_FILE), rows).unwrap();
+        let mut app = App::new(Watch::open(dir.path()).unwrap());
+        app.on_key(KeyCode::Char('9'));
+        assert_eq!(app.metric, Metric::AttnEntropy);
+        assert_eq!(app.watch.runs[0].min(Metric::AttnEntropy), Some(0.5));
+        let text = screen(&app, 140, 36);
+        assert!(text.contains("attention entropy"), "{text}");
     }
 
     #[test]

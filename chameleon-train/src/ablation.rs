@@ -372,7 +372,8 @@ pub trait Launcher: Sync {
     -> Result<Status, TrainError>;
 }
 
-/// Trains runs in this process, on one device (or its replicas).
+/// Trains runs in this process, on one device (or its replicas). Use it with one job: runs in
+/// one process share burn's process-wide RNG, and would draw from it in no fixed order.
 pub struct InProcess<'a> {
     /// The grid's prepared data.
     pub prepared: &'a Prepared,

@@ -623,15 +623,18 @@ pub fn train(
                     |f: &dyn Fn(&Probed, usize) -> f64, fold: fn(f64, f64) -> f64, start: f64| -> Vec<f64> {
                         (0..layers).map(|l| diags.iter().map(|d| f(d, l)).fold(start, fold)).collect()
                     };
-                let attn = per_layer(&|d, l| d.max_attn_logit[l], f64::max, f64::MIN);
-                let entropy = per_layer(&|d, l| d.attn_entropy[l], f64::min, f64::MAX);
+                // A NaN probe stays NaN (written as null), not a finite extreme of the fold.
+                let max = |a: f64, b: f64| if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) };
+                let min = |a: f64, b: f64| if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) };
+                let attn = per_layer(&|d, l| d.max_attn_logit[l], max, f64::NEG_INFINITY);
+                let entropy = per_layer(&|d, l| d.attn_entropy[l], min, f64::INFINITY);
                 let rms: Vec<f64> = per_layer(&|d, l| d.output_rms[l], |a, b| a + b, 0.0)
                     .into_iter()
                     .map(|sum| sum / diags.len() as f64)
                     .collect();
-                row["max_attn_logit"] = attn.iter().copied().fold(f64::MIN, f64::max).into();
+                row["max_attn_logit"] = attn.iter().copied().fold(f64::NEG_INFINITY, max).into();
                 row["max_attn_logit_per_layer"] = attn.into();
-                row["min_attn_entropy"] = entropy.iter().copied().fold(f64::MAX, f64::min).into();
+                row["min_attn_entropy"] = entropy.iter().copied().fold(f64::INFINITY, min).into();
                 row["attn_entropy_per_layer"] = entropy.into();
                 row["output_rms"] = rms.into();
             }

@@ -44,7 +44,7 @@ pub fn run(
         Some(0) => anyhow::bail!("--jobs 0: give at least 1"),
         Some(j) => j,
         // One run per core on the CPU; a GPU (or a list of them) trains one run at a time.
-        None if spec.trim() == "cpu" => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        None if matches!(spec.trim(), "cpu" | "flex") => std::thread::available_parallelism().map_or(1, |n| n.get()),
         None => 1,
     }
     .min(grid.runs.len());
@@ -68,12 +68,15 @@ pub fn run(
         let launcher: &dyn Launcher = if jobs > 1 { &workers } else { &in_process };
         Ok(run_grid(&grid2, &prepared, &dir2, &stop, jobs, launcher)?)
     })?;
-    let table = summary(&dir).map_err(|e| anyhow!(e))?;
-    let path = dir.join("summary.txt");
-    std::fs::write(&path, &table).with_context(|| format!("{}: cannot write", path.display()))?;
-    println!("\n{table}\n(also in {})", path.display());
-    report(&dir, None)?;
     let stopped = outcomes.len() < grid.runs.len() || outcomes.iter().any(|o| o.status.state == "stopped");
+    let ended = outcomes.iter().any(|o| o.status.state == "done" || o.status.state == "diverged");
+    if ended {
+        let table = summary(&dir).map_err(|e| anyhow!(e))?;
+        let path = dir.join("summary.txt");
+        std::fs::write(&path, &table).with_context(|| format!("{}: cannot write", path.display()))?;
+        println!("\n{table}\n(also in {})", path.display());
+        report(&dir, None)?;
+    }
     if stopped {
         println!("stopped early: run `cargo xtask ablate {}` again to resume", file.display());
     }

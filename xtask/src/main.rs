@@ -102,7 +102,7 @@ enum Command {
         out: Option<PathBuf>,
         /// Another run of the same grid (other seeds, another machine): print both grids'
         /// verdicts side by side and how far each cell moved, instead of writing the report.
-        #[arg(long, value_name = "RUNS_DIR")]
+        #[arg(long, value_name = "RUNS_DIR", conflicts_with = "out")]
         vs: Option<PathBuf>,
     },
     /// Train one language-model run (or continue one exactly with --resume RUN).

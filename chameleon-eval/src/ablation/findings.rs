@@ -17,13 +17,13 @@ use super::verdict::{Spread, Verdict, combine, judge};
 /// How a measure must move for a finding to hold, per seed.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Effect {
-    /// `without / with ≥ factor` (the effect is the log₁₀ ratio against log₁₀ factor).
+    /// `without / with > factor` (the effect is the log₁₀ ratio against log₁₀ factor).
     Smaller(f64),
     /// `without − with > margin`.
     Lower(f64),
     /// `with − without > margin`.
     Higher(f64),
-    /// `|with| ≤ (1 − fraction)·|without|`.
+    /// `|with| < (1 − fraction)·|without|`.
     CloserToZero(f64),
     /// `without − with` larger than the seed spread of the variant with the fix (its max − min
     /// over seeds): the noise of a stable run. The variant without it may scatter more; that
@@ -61,7 +61,7 @@ impl Effect {
             Effect::Higher(m) => format!("higher by more than {m} with it"),
             Effect::CloserToZero(f) => format!("at least {:.0}% closer to 0 with it", f * 100.0),
             Effect::BeyondSpread => {
-                "lower with it, in every seed, by more than the seed spread (max − min) of the runs with it".to_string()
+                "lower with it by more than the seed spread (max − min) of the runs with it".to_string()
             }
         }
     }

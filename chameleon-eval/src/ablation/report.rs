@@ -178,7 +178,9 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<PathBuf, ReportError>
     if pairs.is_empty() {
         let _ = writeln!(md, "No pair of variants differs in `image_loss` alone.\n");
     } else {
-        draw(&out.join("image-generation.png"), &image_panels(results, &variants, &pairs), 3)?;
+        let panels = image_panels(results, &variants, &pairs);
+        // One row per measure, one column per learning rate.
+        draw(&out.join("image-generation.png"), &panels, panels.len() / 3)?;
         let _ = writeln!(
             md,
             "The paper's Figure 6b: the same model, data and learning rates, with no loss on image-code targets \

@@ -33,13 +33,17 @@ pub struct RunResult {
     pub final_ce_text: Option<f64>,
     /// See `final_ce_text`.
     pub final_ce_image: Option<f64>,
-    /// The last held-out evaluation (NaN where it was not finite).
+    /// The last held-out evaluation (NaN where it was not finite; `None` for a diverged run,
+    /// whose last evaluation came before it went bad).
     pub held_out: Option<f64>,
+    /// The step of that evaluation when it was not the run's last.
+    pub held_out_step: Option<usize>,
     /// The same on text targets and on image targets.
     pub held_out_text: Option<f64>,
     /// See `held_out_text`.
     pub held_out_image: Option<f64>,
-    /// Peak over the run of the max attention logit (max over layers).
+    /// Peak over the run of the max attention logit (max over layers). `None` for a diverged
+    /// run, as are the other probes: they stop where it blew up, and would understate it.
     pub peak_attn_logit: Option<f64>,
     /// Lowest attention entropy over the run (min over heads and layers).
     pub min_attn_entropy: Option<f64>,
@@ -62,13 +66,16 @@ impl RunResult {
             _ => return None,
         };
         let initial_ce = view.points.first().map(|p| p.ce).filter(|c| c.is_finite())?;
+        let ended = diverged_at.is_none();
+        let probe = |v: Option<f64>| v.filter(|_| ended);
         let tail = |f: fn(&Point) -> f64| {
             let tail = &view.points[view.points.len().saturating_sub(TAIL_STEPS)..];
             let v: Vec<f64> = tail.iter().map(f).filter(|v| v.is_finite()).collect();
             (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
         };
-        let last_eval = view.points.iter().rev().find(|p| p.evaluated);
+        let last_eval = view.points.iter().rev().find(|p| p.evaluated).filter(|_| ended);
         let finite_or_nan = |v: f64| Some(if v.is_finite() { v } else { f64::NAN });
+        let held_out = view.last_eval().filter(|_| ended);
         Some(Self {
             name: view.name.clone(),
             lr: switches.learning_rate.unwrap_or(f64::NAN),
@@ -76,15 +83,16 @@ impl RunResult {
             switches,
             diverged_at,
             initial_ce,
-            final_ce: tail(|p| p.ce),
+            final_ce: view.final_ce(),
             final_ce_text: tail(|p| p.ce_text),
             final_ce_image: tail(|p| p.ce_image),
-            held_out: last_eval.and_then(|p| finite_or_nan(p.value(Metric::EvalCe))),
+            held_out: held_out.map(|(ce, _)| ce),
+            held_out_step: held_out.and_then(|(_, step)| step),
             held_out_text: last_eval.and_then(|p| finite_or_nan(p.eval_ce_text)),
             held_out_image: last_eval.and_then(|p| finite_or_nan(p.eval_ce_image)),
-            peak_attn_logit: view.max(Metric::MaxAttnLogit),
-            min_attn_entropy: view.min(Metric::AttnEntropy),
-            peak_output_rms: view.max(Metric::OutputRms),
+            peak_attn_logit: probe(view.max(Metric::MaxAttnLogit)),
+            min_attn_entropy: probe(view.min(Metric::AttnEntropy)),
+            peak_output_rms: probe(view.max(Metric::OutputRms)),
             log_z: (view.first(Metric::LogZ), view.last(Metric::LogZ)),
             tokens_per_s: view.tokens_per_s(),
             points: view.points.clone(),
@@ -99,12 +107,6 @@ impl RunResult {
             (None, Some(end)) => end.min(self.initial_ce),
             _ => self.initial_ce,
         }
-    }
-
-    /// Whether the loss went bad: it became non-finite, or its CE at the end is back to (or
-    /// above) the untrained model's.
-    pub fn went_bad(&self) -> bool {
-        self.diverged_at.is_some() || self.final_ce.is_none_or(|end| end >= self.initial_ce)
     }
 }
 

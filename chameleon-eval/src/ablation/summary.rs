@@ -178,7 +178,11 @@ impl Analysis {
                 state,
                 step,
                 num(r.and_then(|r| r.final_ce)),
-                num(r.and_then(|r| r.held_out)),
+                r.and_then(|r| r.held_out.map(|h| match r.held_out_step {
+                    Some(step) => format!("{}@{step}", number(h)),
+                    None => number(h),
+                }))
+                .unwrap_or_else(|| "-".into()),
                 num(r.and_then(|r| r.peak_attn_logit)),
                 num(r.and_then(|r| r.peak_output_rms)),
             );
@@ -288,7 +292,10 @@ run, taken over layers (and heads). A run without loss on image codes scores tex
 /// `SHOWN`, `MIXED`, `NOT SHOWN`, `untested`.
 pub fn verdict_word(v: Verdict) -> String {
     match v {
-        Verdict::Untested => "untested (the grid has no such pair with 3 seeds)".to_string(),
+        Verdict::Untested => {
+            "untested (no such pair in the grid, or one with fewer than 3 seeds or a value missing: see below)"
+                .to_string()
+        }
         v => v.to_string().to_uppercase(),
     }
 }

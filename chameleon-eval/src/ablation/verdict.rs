@@ -25,18 +25,20 @@ pub const MIN_SEEDS: usize = 3;
 /// The rule, in one sentence, for reports and summaries.
 pub const RULE: &str = "A comparison is **shown** when the effect exceeds its margin in every seed (or its mean \
 exceeds the margin by more than twice its standard error), **mixed** when its mean exceeds the margin but not every \
-seed does, **not shown** when its mean does not, and untested with fewer than 3 seeds; seeds are paired (seed s of \
+seed does, **not shown** when its mean does not, and untested with fewer than 3 seeds (or a value missing); seeds are paired (seed s of \
 both runs shares its initialisation and data order). A finding over several learning rates or pairs is shown when \
-every comparison is, not shown when none is, and mixed otherwise.";
+every comparison is, not shown when none is, untested when any is, and mixed otherwise. With 3 seeds, \
+\"every seed\" happens by chance 1 time in 8 for an effect of zero: read a shown verdict with a small effect with \
+that in mind.";
 
 /// What a comparison, or a finding, came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// Holds in every seed (or by more than two standard errors).
+    /// Beyond the margin in every seed (or on average by more than two standard errors).
     Shown,
-    /// Holds in some seeds, not in others.
+    /// Beyond the margin on average, not in every seed.
     Mixed,
-    /// Holds in no seed.
+    /// Not beyond the margin on average (single seeds may be).
     NotShown,
     /// Too few seeds, or no runs to compare.
     Untested,
@@ -107,11 +109,11 @@ pub fn judge(effects: &[f64], margin: f64) -> Verdict {
     }
 }
 
-/// The verdict of a finding made of several comparisons (learning rates, pairs of variants);
-/// untested comparisons do not count.
+/// The verdict of a finding made of several comparisons (learning rates, pairs of variants). One
+/// untested comparison leaves the whole finding untested: "shown at each" cannot hold then.
 pub fn combine(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
-    let tested: Vec<Verdict> = verdicts.into_iter().filter(|v| *v != Verdict::Untested).collect();
-    if tested.is_empty() {
+    let tested: Vec<Verdict> = verdicts.into_iter().collect();
+    if tested.is_empty() || tested.contains(&Verdict::Untested) {
         Verdict::Untested
     } else if tested.iter().all(|v| *v == Verdict::Shown) {
         Verdict::Shown
@@ -154,7 +156,8 @@ mod tests {
     #[test]
     fn findings_over_several_comparisons() {
         use Verdict::*;
-        assert_eq!(combine([Shown, Shown, Untested]), Shown);
+        assert_eq!(combine([Shown, Shown, Untested]), Untested);
+        assert_eq!(combine([Shown, Shown]), Shown);
         assert_eq!(combine([NotShown, NotShown]), NotShown);
         assert_eq!(combine([Shown, NotShown]), Mixed);
         assert_eq!(combine([Shown, Mixed]), Mixed);

@@ -117,9 +117,12 @@ impl App {
                 Cell::from(r.eta_s().map(duration).unwrap_or_else(|| "-".into())),
             ])
         });
+        // The name says what varies across the runs: it gets its full length (up to half the
+        // width); the switches, which repeat it with what does not vary, get the rest.
+        let longest = self.watch.runs.iter().map(|r| r.name.chars().count()).max().unwrap_or(3).max(3) as u16;
         let widths = [
-            Constraint::Fill(3),
-            Constraint::Fill(4),
+            Constraint::Length(longest.min(area.width / 2)),
+            Constraint::Fill(1),
             Constraint::Length(13),
             Constraint::Length(11),
             Constraint::Length(8),

@@ -265,3 +265,22 @@ fn two_runs_of_a_grid_compare_verdict_by_verdict_and_cell_by_cell() {
     let line = text.lines().find(|l| l.trim_start().starts_with("CE at the end")).unwrap();
     assert!(line.contains(&format!("largest {:.3}", 1.2 * K)), "{line}");
 }
+
+#[test]
+fn a_diverged_run_counts_as_untrained_and_its_probes_do_not_testify() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut runs: Vec<Run> =
+        (0..3).flat_map(|seed| [run(false, 1.0, seed, 6.0, 1000.0), run(true, 1.0, seed, 6.5, 10.0)]).collect();
+    // No fix's seed 2 blows up: its probes stop there, its loss counts as the untrained 7.9.
+    runs[4].diverged = true;
+    grid(dir.path(), &runs, None);
+    let results = Results::read(dir.path()).unwrap();
+    let bad = results.runs.iter().find(|r| r.diverged_at.is_some()).unwrap();
+    assert_eq!((bad.ce(), bad.peak_attn_logit, bad.held_out), (7.9, None, None));
+    let fs = findings(&results, Scope { high_lr: None });
+    assert_eq!(find(&fs, "QK-norm bounds the attention logits").verdict, Verdict::Untested);
+    // QK-norm is 0.5·K worse than no fix in seeds 0 and 1, and 1.4·K better than the untrained
+    // 7.9 in seed 2: better on average (0.4·K / 3), in one seed: mixed.
+    let c = &find(&fs, "QK-norm trains better").comparisons[0];
+    assert_eq!((c.holding, c.verdict), (1, Verdict::Mixed));
+}

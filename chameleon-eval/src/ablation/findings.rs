@@ -56,7 +56,7 @@ impl Effect {
     pub fn describe(self) -> String {
         match self {
             Effect::Smaller(f) => format!("at least {f}× smaller with it"),
-            Effect::Lower(m) if m == 0.0 => "lower with it".to_string(),
+            Effect::Lower(0.0) => "lower with it".to_string(),
             Effect::Lower(m) => format!("lower by more than {m} with it"),
             Effect::Higher(m) => format!("higher by more than {m} with it"),
             Effect::CloserToZero(f) => format!("at least {:.0}% closer to 0 with it", f * 100.0),
@@ -246,7 +246,7 @@ pub fn findings(results: &Results, scope: Scope) -> Vec<Finding> {
     let swin = pairs(results, &is(NormPlacement::Reordered), &|s| Switches { norm_placement: None, ..s.clone() });
     let all_three = |s: &Switches| match (s.qk_norm, s.norm_placement, s.z_loss) {
         (Some(true), Some(NormPlacement::Reordered), Some(z)) if z > 0.0 => Some(true),
-        (Some(false), Some(NormPlacement::PreNorm), Some(z)) if z == 0.0 => Some(false),
+        (Some(false), Some(NormPlacement::PreNorm), Some(0.0)) => Some(false),
         _ => None,
     };
     let together =

@@ -40,6 +40,12 @@ pub(crate) fn err(path: &Path, message: impl ToString) -> ReportError {
     ReportError { path: path.to_path_buf(), message: message.to_string() }
 }
 
+/// A measure of a whole run.
+type RunMeasure = fn(&RunResult) -> Option<f64>;
+
+/// A value of one step.
+type StepValue = fn(&Point) -> f64;
+
 /// A curve over steps: file name, title, the value of a step, and whether the y axis is log.
 struct Curve {
     file: &'static str,
@@ -320,7 +326,7 @@ fn over_steps(
 /// CE at the end, peak attention logit and lowest attention entropy against the learning rate.
 fn sweep_panels(results: &Results, variants: &[Switches], swept: &[&Switches]) -> Vec<Panel> {
     // A run without image loss scores other targets: its CE is not on the same scale.
-    let measures: [(&str, fn(&RunResult) -> Option<f64>, bool, bool); 3] = [
+    let measures: [(&str, RunMeasure, bool, bool); 3] = [
         ("CE at the end", |r| Some(r.ce()), false, false),
         ("peak max attention logit", |r| r.peak_attn_logit, true, true),
         ("lowest attention entropy (nats)", |r| r.min_attn_entropy, false, true),
@@ -374,7 +380,7 @@ fn image_panels(results: &Results, variants: &[Switches], pairs: &[(Switches, Sw
         pairs.iter().flat_map(|(a, b)| results.lrs(a).into_iter().filter(|lr| results.lrs(b).contains(lr))).collect();
     lrs.sort_by(f64::total_cmp);
     lrs.dedup();
-    let rows: [(&str, fn(&Point) -> f64, bool, Option<f64>); 3] = [
+    let rows: [(&str, StepValue, bool, Option<f64>); 3] = [
         ("max attention logit", |p| p.value(Metric::MaxAttnLogit), true, None),
         ("block-output RMS", |p| p.value(Metric::OutputRms), true, None),
         ("text cross-entropy", |p| p.ce_text, false, Some(CE_CAP)),

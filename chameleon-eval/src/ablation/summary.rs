@@ -219,7 +219,8 @@ pub fn compare(a: &Analysis, a_name: &str, b: &Analysis, b_name: &str) -> String
     let pairs: Vec<(&CellRow, &CellRow)> =
         ca.iter().filter_map(|x| cb.iter().find(|y| y.variant == x.variant && y.lr == x.lr).map(|y| (x, y))).collect();
     let _ = writeln!(out, "\nHow far the {} cells in both moved (means over seeds):", pairs.len());
-    let measures: [(&str, fn(&CellRow) -> Option<Spread>, bool); 5] = [
+    type Of = fn(&CellRow) -> Option<Spread>;
+    let measures: [(&str, Of, bool); 5] = [
         ("CE at the end", |c| c.ce, false),
         ("held-out CE", |c| c.held_out, false),
         ("peak max attention logit", |c| c.peak_attn_logit, true),

@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use burn::nn::{Dropout, Linear};
-use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, DType, Device, Tensor};
@@ -101,11 +101,13 @@ impl Attention {
                 Some(m) => scores.mask_fill(m.clone().expand([b, h, t, s]), f32::NEG_INFINITY),
                 None => scores,
             };
-            if let Some(probe) = probe {
-                probe.max_attn_logit.push(scores.clone().detach().max());
-                probe.attn_entropy.push(entropy(scores.clone().detach()));
+            let max_logit = probe.is_some().then(|| scores.clone().detach().max());
+            let probs = softmax(scores, 3);
+            if let (Some(probe), Some(max_logit)) = (probe, max_logit) {
+                probe.max_attn_logit.push(max_logit);
+                probe.attn_entropy.push(entropy(probs.clone().detach()));
             }
-            self.attn_dropout.forward(softmax(scores, 3)).matmul(v)
+            self.attn_dropout.forward(probs).matmul(v)
         };
         self.o_proj.forward(context.swap_dims(1, 2).reshape([b, t, h * hd]))
     }
@@ -140,11 +142,11 @@ fn fused_keeps_precision(q: &Tensor<4>) -> bool {
 /// Uniform attention over `n` keys has entropy `ln n`; attention on one key has 0. Its collapse
 /// towards 0 is the instability Dehghani et al. (2023) and Zhai et al. (2023) describe: the
 /// attention logits grow until each query reads a single key.
-fn entropy(scores: Tensor<4>) -> Tensor<1> {
-    let log_p = log_softmax(scores, 3);
-    // Masked keys have p = 0 and log p = −inf: 0 · −inf is NaN, so they count as 0 explicitly.
-    let masked = log_p.clone().is_inf();
-    let p_log_p = (log_p.clone().exp() * log_p).mask_fill(masked, 0.0);
+/// It reads the probabilities the forward pass computed anyway.
+fn entropy(probs: Tensor<4>) -> Tensor<1> {
+    // Masked keys have p = 0, and 0 · log 0 is NaN: log takes p at least the smallest normal
+    // f32, so that they add 0 (a p below 1e-38 adds less than 1e-36).
+    let p_log_p = probs.clone() * probs.clamp_min(f32::MIN_POSITIVE).log();
     let per_query = p_log_p.sum_dim(3).neg();
     let [b, h, t, _] = per_query.dims();
     per_query.reshape([b, h, t]).swap_dims(0, 1).reshape([h, b * t]).mean_dim(1).min()

@@ -11,6 +11,7 @@ use burn::tensor::Device;
 use chameleon_eval::ablation::summary;
 use chameleon_train::ablation::{Grid, GridRun, InProcess, Launcher, run_grid};
 use chameleon_train::monitor::{self, Watch};
+use chameleon_train::speed::Peak;
 use chameleon_train::trainer::{RunOptions, STATUS_FILE, Status, TrainError, train};
 
 use crate::data::prepare_data;
@@ -61,6 +62,7 @@ pub fn run(
         device: spec.to_string(),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()).div_ceil(jobs).max(1),
         log: tui.then(|| dir.join(LOG)),
+        peak: options.peak.clone(),
     };
     let (grid2, dir2, device2) = (grid.clone(), dir.clone(), device.clone());
     let outcomes = monitored(&dir, LOG, tui, move |stop| {
@@ -95,6 +97,8 @@ struct Workers {
     threads: usize,
     /// Where the workers log while the monitor owns the terminal (else: this process' stderr).
     log: Option<PathBuf>,
+    /// The device's peak, measured once here and handed to every worker.
+    peak: Option<Peak>,
 }
 
 impl Launcher for Workers {
@@ -120,6 +124,9 @@ impl Launcher for Workers {
             .stdout(Stdio::null());
         if resume {
             cmd.arg("--resume");
+        }
+        if let Some(peak) = &self.peak {
+            cmd.arg("--peak-flops").arg(peak.flops.to_string()).args(["--peak-source", &peak.source]);
         }
         if let Some(log) = &self.log {
             let file = std::fs::OpenOptions::new()
@@ -167,24 +174,40 @@ fn this_executable() -> std::io::Result<PathBuf> {
     if proc.exists() { Ok(proc.to_path_buf()) } else { std::env::current_exe() }
 }
 
+/// One run of a grid for a worker process to train: what `grid-worker` was given.
+pub struct WorkerJob {
+    /// The grid's experiment file.
+    pub file: PathBuf,
+    /// The grid's run directory.
+    pub runs_dir: PathBuf,
+    /// The run's name.
+    pub run: String,
+    /// Continue from its newest checkpoint.
+    pub resume: bool,
+    /// Cache folder for data.
+    pub cache: PathBuf,
+    /// The device's peak as the grid measured it (`None`: measure it here).
+    pub peak: Option<Peak>,
+}
+
 /// `grid-worker`: trains one run of the grid of `file` into `runs_dir/run`, until it ends or
 /// its standard input says `stop` (or closes), when it checkpoints and stops.
-pub fn worker(
-    file: &Path,
-    runs_dir: &Path,
-    run: &str,
-    resume: bool,
-    cache: &Path,
-    device: &Device,
-    spec: &str,
-) -> Result<()> {
+pub fn worker(job: WorkerJob, device: &Device, spec: &str) -> Result<()> {
+    let WorkerJob { file, runs_dir, run, resume, cache, peak } = job;
+    let (file, runs_dir, run, cache) = (file.as_path(), runs_dir.as_path(), run.as_str(), cache.as_path());
     let grid = Grid::load(file)?;
     let Some(run) = grid.runs.iter().find(|r| r.name == run) else {
         anyhow::bail!("{}: the grid has no run named `{run}`", file.display());
     };
     let exp = run.experiment();
     let prepared = prepare_data(&exp.data, cache, false, device)?;
-    let options = crate::device::training(spec, exp.train.precision, device)?;
+    let options = match peak {
+        Some(peak) => {
+            let (replicas, grad_sync) = crate::device::replicas(spec)?;
+            RunOptions { peak: Some(peak), replicas, grad_sync, ..RunOptions::default() }
+        }
+        None => crate::device::training(spec, exp.train.precision, device)?,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let raised = stop.clone();
     std::thread::spawn(move || {

@@ -75,6 +75,13 @@ enum Command {
         /// Cache folder for data.
         #[arg(long, default_value = ".cache")]
         cache: PathBuf,
+        /// The device's peak FLOP/s as `ablate` measured it once for the grid, for MFU (instead
+        /// of each worker measuring it again while the other workers load the cores).
+        #[arg(long, requires = "peak_source")]
+        peak_flops: Option<f64>,
+        /// Where that peak comes from.
+        #[arg(long, requires = "peak_flops")]
+        peak_source: Option<String>,
     },
     /// Follow run directories live: a grid, one run, or a folder of runs (any process's).
     Monitor {
@@ -213,8 +220,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ablate { file, runs_dir, no_tui, cache, jobs } => {
             ablate::run(file.as_deref(), runs_dir.as_deref(), no_tui, &cache, jobs, &device, &cli.device)
         }
-        Command::GridWorker { file, runs_dir, run, resume, cache } => {
-            ablate::worker(&file, &runs_dir, &run, resume, &cache, &device, &cli.device)
+        Command::GridWorker { file, runs_dir, run, resume, cache, peak_flops, peak_source } => {
+            let peak =
+                peak_flops.zip(peak_source).map(|(flops, source)| chameleon_train::speed::Peak { flops, source });
+            ablate::worker(ablate::WorkerJob { file, runs_dir, run, resume, cache, peak }, &device, &cli.device)
         }
         Command::Monitor { dir } => ablate::monitor(&dir),
         Command::Report { runs_dir, out, vs: None } => ablate::report(&runs_dir, out.as_deref()),

@@ -22,6 +22,15 @@ fn losses(run: &Path) -> Vec<(u64, String, String)> {
         .collect()
 }
 
+/// Waits (up to 2 minutes) until `file` exists: a checkpoint a running process writes.
+fn wait_for(file: &Path) {
+    let start = Instant::now();
+    while !file.exists() {
+        assert!(start.elapsed() < Duration::from_secs(120), "{} did not appear", file.display());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 #[test]
 fn a_run_killed_after_a_checkpoint_resumes_bit_exactly() {
     let dir = tempfile::tempdir().unwrap();
@@ -40,11 +49,7 @@ fn a_run_killed_after_a_checkpoint_resumes_bit_exactly() {
         .args(["train", "--config", arg(&exp), "--run-dir", arg(&killed), "--cache", arg(&cache)])
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !killed.join("checkpoint-0000010/state.json").exists() {
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for(&killed.join("checkpoint-0000010/state.json"));
     child.kill().unwrap();
     child.wait().unwrap();
     let status = std::fs::read_to_string(killed.join("status.json")).unwrap();
@@ -140,11 +145,7 @@ fn the_grid_outlives_a_diverging_run_and_resumes_a_killed_one_exactly() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !stopped.join("lr3e-3/checkpoint-0000010/state.json").exists() {
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for(&stopped.join("lr3e-3/checkpoint-0000010/state.json"));
     std::io::Write::write_all(worker.stdin.as_mut().unwrap(), b"stop\n").unwrap();
     assert!(worker.wait().unwrap().success());
     let status = std::fs::read_to_string(stopped.join("lr3e-3/status.json")).unwrap();
@@ -168,11 +169,7 @@ fn the_grid_outlives_a_diverging_run_and_resumes_a_killed_one_exactly() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !killed.join("lr3e-3/checkpoint-0000010/state.json").exists() {
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    wait_for(&killed.join("lr3e-3/checkpoint-0000010/state.json"));
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(losses(&killed.join("lr3e-3")).len() < steps, "the run finished before it was killed");

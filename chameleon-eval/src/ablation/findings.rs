@@ -131,7 +131,7 @@ pub struct Finding {
 
 /// Pairs `(without, with)` of variants that differ only where `clear` looks: `fix` says which
 /// side of the switch a variant is on (`None`: neither, e.g. another coefficient).
-fn pairs(
+pub(super) fn pairs(
     results: &Results,
     fix: &dyn Fn(&Switches) -> Option<bool>,
     clear: &dyn Fn(&Switches) -> Switches,
@@ -146,6 +146,13 @@ fn pairs(
         }
     }
     out
+}
+
+/// The margin of per-seed `(without, with)` values, how many seeds clear it, and the verdict.
+fn judged(effect: Effect, values: &[(f64, f64)]) -> (f64, usize, Verdict) {
+    let margin = effect.margin(values);
+    let effects: Vec<f64> = values.iter().map(|&(x, y)| effect.of(x, y).0).collect();
+    (margin, effects.iter().filter(|&&e| e > margin).count(), judge(&effects, margin))
 }
 
 /// Compares every pair at every learning rate both ran.
@@ -166,16 +173,15 @@ fn finding(
                 .iter()
                 .map(|s| ((measure.value)(a[s]).unwrap_or(f64::NAN), (measure.value)(b[s]).unwrap_or(f64::NAN)))
                 .collect();
-            let margin = effect.margin(&values);
-            let e: Vec<f64> = values.iter().map(|&(x, y)| effect.of(x, y).0).collect();
+            let (margin, holding, verdict) = judged(effect, &values);
             comparisons.push(Comparison {
                 lr,
                 sweep: Vec::new(),
                 without: label(without),
                 with: label(with),
                 margin,
-                holding: e.iter().filter(|&&x| x > margin).count(),
-                verdict: judge(&e, margin),
+                holding,
+                verdict,
                 seeds,
                 values,
                 claimed: scope.claims(lr),
@@ -197,15 +203,15 @@ fn sensitivity_finding(results: &Results, claim: &str, pairs: Vec<(Switches, Swi
         };
         let seeds: Vec<u64> = a.by_seed.keys().filter(|s| b.by_seed.contains_key(s)).copied().collect();
         let values: Vec<(f64, f64)> = seeds.iter().map(|s| (a.by_seed[s], b.by_seed[s])).collect();
-        let e: Vec<f64> = values.iter().map(|&(x, y)| effect.of(x, y).0).collect();
+        let (margin, holding, verdict) = judged(effect, &values);
         comparisons.push(Comparison {
             lr: f64::NAN,
             sweep: lrs,
             without: label(without),
             with: label(with),
-            margin: 0.0,
-            holding: e.iter().filter(|&&x| x > 0.0).count(),
-            verdict: judge(&e, 0.0),
+            margin,
+            holding,
+            verdict,
             seeds,
             values,
             claimed: true,
@@ -213,6 +219,11 @@ fn sensitivity_finding(results: &Results, claim: &str, pairs: Vec<(Switches, Swi
     }
     let verdict = combine(comparisons.iter().map(|c| c.verdict));
     Finding { claim: claim.to_string(), measure: "learning-rate sensitivity", effect, verdict, comparisons }
+}
+
+/// Pairs `(with image loss, without)` of variants that differ in `image_loss` alone.
+pub(super) fn image_loss_pairs(results: &Results) -> Vec<(Switches, Switches)> {
+    pairs(results, &|s| s.image_loss.map(|i| !i), &|s| Switches { image_loss: None, ..s.clone() })
 }
 
 fn is(placement: NormPlacement) -> impl Fn(&Switches) -> Option<bool> {
@@ -251,7 +262,7 @@ pub fn findings(results: &Results, scope: Scope) -> Vec<Finding> {
     };
     let together =
         pairs(results, &all_three, &|s| Switches { qk_norm: None, norm_placement: None, z_loss: None, ..s.clone() });
-    let no_image_loss = pairs(results, &|s| s.image_loss.map(|i| !i), &|s| Switches { image_loss: None, ..s.clone() });
+    let no_image_loss = image_loss_pairs(results);
     let dropout = pairs(results, &|s| s.dropout.map(|d| d > 0.0), &|s| Switches { dropout: None, ..s.clone() });
     let f = |claim: &str, m: Measure, e: Effect, p: &Vec<(Switches, Switches)>| {
         finding(results, scope, claim.to_string(), m, e, p.clone())

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use chameleon_train::ablation::Switches;
 use chameleon_train::monitor::{Metric, Point};
 
-use super::findings::Finding;
+use super::findings::{Finding, image_loss_pairs};
 use super::plot::{Band, Panel, draw, stats};
 use super::results::{Results, RunResult, label};
 use super::summary::{Analysis, LEGEND, capitalise, cell, num, verdict_word};
@@ -110,9 +110,7 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<PathBuf, ReportError>
     std::fs::create_dir_all(out).map_err(|e| err(out, e))?;
     let variants = results.variants();
     let lrs = results.all_lrs();
-    let mut seeds: Vec<u64> = results.runs.iter().map(|r| r.seed).collect();
-    seeds.sort_unstable();
-    seeds.dedup();
+    let seeds = results.seeds();
 
     let mut md = String::new();
     let _ = writeln!(md, "# Stability ablation report\n");
@@ -180,7 +178,7 @@ pub fn write_report(runs_dir: &Path, out: &Path) -> Result<PathBuf, ReportError>
     }
 
     let _ = writeln!(md, "\n## Image generation as the cause\n");
-    let pairs = image_pairs(&variants);
+    let pairs = image_loss_pairs(results);
     if pairs.is_empty() {
         let _ = writeln!(md, "No pair of variants differs in `image_loss` alone.\n");
     } else {
@@ -357,20 +355,6 @@ fn sweep_panels(results: &Results, variants: &[Switches], swept: &[&Switches]) -
                 .collect(),
         })
         .collect()
-}
-
-/// Pairs `(with image loss, without)` of variants that differ in `image_loss` alone.
-fn image_pairs(variants: &[Switches]) -> Vec<(Switches, Switches)> {
-    let clear = |s: &Switches| Switches { image_loss: None, ..s.clone() };
-    let mut out = Vec::new();
-    for a in variants.iter().filter(|v| v.image_loss != Some(false)) {
-        for b in variants.iter().filter(|v| v.image_loss == Some(false)) {
-            if clear(a) == clear(b) {
-                out.push((a.clone(), b.clone()));
-            }
-        }
-    }
-    out
 }
 
 /// For each learning rate both sides of a pair ran: max attention logit, block-output RMS and

@@ -9,9 +9,6 @@ use chameleon_model::NormPlacement;
 use chameleon_train::ablation::Switches;
 use chameleon_train::monitor::{Metric, Point, RunState, RunView, Watch};
 
-/// Steps at the end of a run whose mean is its "CE at the end" (one batch is noisy).
-pub const TAIL_STEPS: usize = 10;
-
 /// What one ended run (done or diverged) measured.
 #[derive(Debug, Clone)]
 pub struct RunResult {
@@ -27,7 +24,8 @@ pub struct RunResult {
     pub diverged_at: Option<usize>,
     /// Cross-entropy of the first step: the untrained model's.
     pub initial_ce: f64,
-    /// Mean training cross-entropy of the last [`TAIL_STEPS`] steps (without the z-loss term).
+    /// Mean training cross-entropy of the last 10 steps (without the z-loss term; see
+    /// [`RunView::final_ce`]).
     pub final_ce: Option<f64>,
     /// The same on text targets and on image targets alone.
     pub final_ce_text: Option<f64>,
@@ -68,14 +66,9 @@ impl RunResult {
         let initial_ce = view.points.first().map(|p| p.ce).filter(|c| c.is_finite())?;
         let ended = diverged_at.is_none();
         let probe = |v: Option<f64>| v.filter(|_| ended);
-        let tail = |f: fn(&Point) -> f64| {
-            let tail = &view.points[view.points.len().saturating_sub(TAIL_STEPS)..];
-            let v: Vec<f64> = tail.iter().map(f).filter(|v| v.is_finite()).collect();
-            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-        };
-        let last_eval = view.points.iter().rev().find(|p| p.evaluated).filter(|_| ended);
-        let finite_or_nan = |v: f64| Some(if v.is_finite() { v } else { f64::NAN });
         let held_out = view.last_eval().filter(|_| ended);
+        let evaluated =
+            |f: fn(&Point) -> f64| held_out.map(|(p, _)| f(p)).map(|v| if v.is_finite() { v } else { f64::NAN });
         Some(Self {
             name: view.name.clone(),
             lr: switches.learning_rate.unwrap_or(f64::NAN),
@@ -84,12 +77,12 @@ impl RunResult {
             diverged_at,
             initial_ce,
             final_ce: view.final_ce(),
-            final_ce_text: tail(|p| p.ce_text),
-            final_ce_image: tail(|p| p.ce_image),
-            held_out: held_out.map(|(ce, _)| ce),
+            final_ce_text: view.tail_mean(|p| p.ce_text),
+            final_ce_image: view.tail_mean(|p| p.ce_image),
+            held_out: evaluated(|p| p.value(Metric::EvalCe)),
             held_out_step: held_out.and_then(|(_, step)| step),
-            held_out_text: last_eval.and_then(|p| finite_or_nan(p.eval_ce_text)),
-            held_out_image: last_eval.and_then(|p| finite_or_nan(p.eval_ce_image)),
+            held_out_text: evaluated(|p| p.eval_ce_text),
+            held_out_image: evaluated(|p| p.eval_ce_image),
             peak_attn_logit: probe(view.max(Metric::MaxAttnLogit)),
             min_attn_entropy: probe(view.min(Metric::AttnEntropy)),
             peak_output_rms: probe(view.max(Metric::OutputRms)),
@@ -189,19 +182,17 @@ impl Results {
 
     /// The learning rates at which `variant` ran, ascending.
     pub fn lrs(&self, variant: &Switches) -> Vec<f64> {
-        let mut lrs: Vec<f64> =
-            self.runs.iter().filter(|r| variant_of(&r.switches) == *variant).map(|r| r.lr).collect();
-        lrs.sort_by(f64::total_cmp);
-        lrs.dedup();
-        lrs
+        ascending(self.runs.iter().filter(|r| variant_of(&r.switches) == *variant).map(|r| r.lr))
     }
 
     /// Every learning rate of the grid, ascending.
     pub fn all_lrs(&self) -> Vec<f64> {
-        let mut lrs: Vec<f64> = self.runs.iter().map(|r| r.lr).collect();
-        lrs.sort_by(f64::total_cmp);
-        lrs.dedup();
-        lrs
+        ascending(self.runs.iter().map(|r| r.lr))
+    }
+
+    /// Every seed of the grid, ascending.
+    pub fn seeds(&self) -> Vec<u64> {
+        ascending(self.runs.iter().map(|r| r.seed))
     }
 
     /// The runs of `variant` at `lr`, by seed.
@@ -212,4 +203,12 @@ impl Results {
             .map(|r| (r.seed, r))
             .collect()
     }
+}
+
+/// The distinct values, ascending.
+fn ascending<T: PartialOrd>(values: impl Iterator<Item = T>) -> Vec<T> {
+    let mut v: Vec<T> = values.collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v.dedup();
+    v
 }

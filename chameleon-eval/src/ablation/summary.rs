@@ -86,9 +86,7 @@ impl Analysis {
     pub fn text(&self) -> String {
         let mut out = String::new();
         let lrs = self.results.all_lrs();
-        let mut seeds: Vec<u64> = self.results.runs.iter().map(|r| r.seed).collect();
-        seeds.sort_unstable();
-        seeds.dedup();
+        let seeds = self.results.seeds();
         let _ = writeln!(
             out,
             "{} ended runs: {} variants, learning rates {}, seeds {}{}",

@@ -299,21 +299,24 @@ impl RunView {
         self.points.last().map(|p| p.value(metric)).filter(|v| v.is_finite())
     }
 
-    /// The last held-out evaluation: `eval_ce` (NaN when it was not finite), and its step when
-    /// the run went on after it (or stopped without evaluating at its last step).
-    pub fn last_eval(&self) -> Option<(f64, Option<usize>)> {
+    /// The step of the last held-out evaluation (its `eval_ce` is NaN when it was not finite),
+    /// and that step again when the run went on after it (or stopped without evaluating at its
+    /// last step).
+    pub fn last_eval(&self) -> Option<(&Point, Option<usize>)> {
         let p = self.points.iter().rev().find(|p| p.evaluated)?;
-        Some((p.value(Metric::EvalCe), (p.step != self.step()).then_some(p.step)))
+        Some((p, (p.step != self.step()).then_some(p.step)))
     }
 
     /// Cross-entropy at the end: the mean over the last 10 steps (one batch is noisy), without
     /// the z-loss term so that runs with and without z-loss compare.
     pub fn final_ce(&self) -> Option<f64> {
-        let tail: Vec<f64> = self.points[self.points.len().saturating_sub(10)..]
-            .iter()
-            .map(|p| p.ce)
-            .filter(|v| v.is_finite())
-            .collect();
+        self.tail_mean(|p| p.ce)
+    }
+
+    /// The mean of the finite values of the last 10 steps.
+    pub fn tail_mean(&self, value: impl Fn(&Point) -> f64) -> Option<f64> {
+        let tail: Vec<f64> =
+            self.points[self.points.len().saturating_sub(10)..].iter().map(value).filter(|v| v.is_finite()).collect();
         (!tail.is_empty()).then(|| tail.iter().sum::<f64>() / tail.len() as f64)
     }
 

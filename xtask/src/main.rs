@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the one command line of chameleon-rs.
 
 mod ablate;
+mod allocator;
 mod bench;
 mod data;
 mod device;
@@ -183,6 +184,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    allocator::keep_freed_memory();
     logging::init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,

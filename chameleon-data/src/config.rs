@@ -153,9 +153,7 @@ impl DataConfig {
 
     /// Checks values that serde cannot.
     pub fn validate(&self) -> Result<(), String> {
-        if self.seq_len < 8 {
-            return Err(format!("`seq_len` = {} is too short (at least 8)", self.seq_len));
-        }
+        crate::pack::check_seq_len(self.seq_len)?;
         if !(0.0..=1.0).contains(&self.caption_generation_share) {
             return Err(format!("`caption_generation_share` = {} must lie in [0, 1]", self.caption_generation_share));
         }

@@ -31,20 +31,54 @@ pub enum ImageError {
 /// Pixels of one image, channel-first `[3, side, side]`, in [-1, 1].
 pub type Pixels = Vec<f32>;
 
+/// The largest image this toolkit decodes: 16,384 pixels a side, 64 megapixels in all.
+pub const MAX_SIDE: u32 = 16_384;
+/// The most pixels an image may have (an 8K photo has about 33 million).
+pub const MAX_PIXELS: u64 = 64 << 20;
+/// The most elongated image accepted, long side over short side. Preprocessing scales the short
+/// side to the model's resolution, so a 10,000,000×1 strip would become 5 billion pixels wide.
+pub const MAX_ASPECT: u32 = 32;
+
 /// Decodes an image file (PNG, JPEG, WebP) and preprocesses it to `side`×`side`.
 pub fn load_image(path: &Path, side: usize) -> Result<Pixels, ImageError> {
     let decode = |reason: String| ImageError::Decode { path: path.to_path_buf(), reason };
     let reader = ImageReader::open(path).map_err(|e| decode(e.to_string()))?;
-    let reader = reader.with_guessed_format().map_err(|e| decode(e.to_string()))?;
-    let image = reader.decode().map_err(|e| decode(e.to_string()))?;
+    let image = decode_bounded(reader).map_err(decode)?;
     Ok(preprocess(&image, side))
 }
 
 /// Decodes image bytes (PNG, JPEG, WebP); `origin` names them in errors.
 pub fn decode_image(bytes: &[u8], origin: &Path, side: usize) -> Result<Pixels, ImageError> {
-    let image = image::load_from_memory(bytes)
-        .map_err(|e| ImageError::Decode { path: origin.to_path_buf(), reason: e.to_string() })?;
+    let image = decode_bounded(ImageReader::new(std::io::Cursor::new(bytes)))
+        .map_err(|reason| ImageError::Decode { path: origin.to_path_buf(), reason })?;
     Ok(preprocess(&image, side))
+}
+
+/// Decodes within [`MAX_SIDE`], [`MAX_PIXELS`] and [`MAX_ASPECT`]: the decoder refuses sizes
+/// beyond the first two from the header, before it allocates the pixels.
+fn decode_bounded<R: std::io::BufRead + std::io::Seek>(reader: ImageReader<R>) -> Result<DynamicImage, String> {
+    let mut reader = reader.with_guessed_format().map_err(|e| e.to_string())?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    // Decoded RGBA at 16 bits per channel, the widest the decoders produce.
+    limits.max_alloc = Some(MAX_PIXELS * 8);
+    reader.limits(limits);
+    let image = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => format!(
+            "the image is larger than this toolkit decodes ({MAX_SIDE} pixels a side, {} megapixels): {e}",
+            MAX_PIXELS >> 20
+        ),
+        e => e.to_string(),
+    })?;
+    let (w, h) = (image.width(), image.height());
+    if u64::from(w) * u64::from(h) > MAX_PIXELS {
+        return Err(format!("{w}×{h} pixels is more than this toolkit decodes ({} megapixels)", MAX_PIXELS >> 20));
+    }
+    if w.max(h) > MAX_ASPECT.saturating_mul(w.min(h)) {
+        return Err(format!("{w}×{h} pixels is too elongated to centre-crop into a square (at most {MAX_ASPECT}:1)"));
+    }
+    Ok(image)
 }
 
 /// Whitens transparency, resizes the short side to `side` (Lanczos3), centre-crops, and scales
@@ -154,5 +188,42 @@ mod tests {
         std::fs::write(&path, b"not an image at all").unwrap();
         assert!(load_image(&path, 8).unwrap_err().to_string().contains("cut.png"));
         assert!(load_image(&dir.path().join("missing.png"), 8).unwrap_err().to_string().contains("missing.png"));
+    }
+
+    /// A valid PNG of `w`×`h` grey pixels whose rows are compressed down to almost nothing.
+    fn png_of(w: u32, h: u32) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let img = image::GrayImage::new(w, h);
+        img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).unwrap();
+        bytes
+    }
+
+    #[test]
+    fn huge_or_elongated_images_are_refused_before_the_resize_allocates() {
+        let origin = Path::new("strip.png");
+        // 10,000,000×1 aborted with a 30 GB allocation in the resize; the header alone says so.
+        let mut header_only = png_of(1, 1);
+        // IHDR's width is the 4 bytes after the 8-byte signature, length, and "IHDR"; its CRC
+        // follows the 13 bytes of data. Patch both.
+        header_only[16..20].copy_from_slice(&10_000_000u32.to_be_bytes());
+        let crc = crc32(&header_only[12..29]);
+        header_only[29..33].copy_from_slice(&crc.to_be_bytes());
+        let err = decode_image(&header_only, origin, 8).unwrap_err().to_string();
+        assert!(err.contains("strip.png") && err.contains("larger than"), "{err}");
+        let err = decode_image(&png_of(4000, 10), origin, 8).unwrap_err().to_string();
+        assert!(err.contains("strip.png") && err.contains("elongated"), "{err}");
+        assert_eq!(decode_image(&png_of(320, 10), origin, 8).unwrap().len(), 3 * 64);
+    }
+
+    /// The PNG chunk CRC (CRC-32, ISO-HDLC).
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in bytes {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            }
+        }
+        !crc
     }
 }

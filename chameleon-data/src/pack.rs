@@ -22,6 +22,17 @@ pub struct PackSpec {
     pub special: SpecialTokens,
 }
 
+/// The longest `seq_len` this toolkit packs: 2^20 tokens per row (Chameleon trained at 4,096).
+pub const MAX_SEQ_LEN: usize = 1 << 20;
+
+/// Checks a `seq_len` against the packer's range, `8..=MAX_SEQ_LEN`.
+pub fn check_seq_len(seq_len: usize) -> Result<(), String> {
+    if !(8..=MAX_SEQ_LEN).contains(&seq_len) {
+        return Err(format!("`seq_len` = {seq_len} is out of range: it must lie in 8..={MAX_SEQ_LEN}"));
+    }
+    Ok(())
+}
+
 impl PackSpec {
     /// Tokens per row.
     pub fn row_len(&self) -> usize {

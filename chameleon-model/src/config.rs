@@ -104,8 +104,41 @@ impl ChameleonConfig {
         2 * self.vocab_size * d + self.n_layers * layer + d
     }
 
-    /// Checks the config for values that cannot build a model. The message names the field.
+    /// The largest value each size may take (about 16× Chameleon-34B's), and the most
+    /// parameters a model may have: a corrupt or hostile config is refused before anything is
+    /// allocated, and no size arithmetic can overflow.
+    pub const LIMITS: [(&'static str, usize); 6] = [
+        ("vocab_size", 1 << 24),
+        ("d_model", 1 << 17),
+        ("n_layers", 1 << 10),
+        ("ffn_dim", 1 << 19),
+        ("max_seq_len", 1 << 22),
+        ("parameters", 1 << 40),
+    ];
+
+    /// Refuses a model whose weights, plus `extra_copies` more of the same size (gradients and
+    /// optimizer moments in training), cannot fit in the host's memory on a CPU device.
+    pub fn check_fits(&self, extra_copies: usize, device: &burn::tensor::Device) -> Result<(), String> {
+        let bytes = self.num_params() as u128 * 4 * (1 + extra_copies as u128);
+        let what = format!("a model of {:.3e} parameters", self.num_params() as f64);
+        crate::host_memory::check_fits(bytes, &what, device)
+    }
+
+    /// Checks the config for values that cannot build a model, or are beyond
+    /// [`ChameleonConfig::LIMITS`]. The message names the field.
     pub fn validate(&self) -> Result<(), String> {
+        let limit = |name: &str| Self::LIMITS.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).expect("listed");
+        for (name, v) in [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("n_layers", self.n_layers),
+            ("ffn_dim", self.ffn_dim.unwrap_or(0)),
+            ("max_seq_len", self.max_seq_len),
+        ] {
+            if v > limit(name) {
+                return Err(format!("`{name}` = {v} is beyond this toolkit's limit of {}", limit(name)));
+            }
+        }
         let positive = [
             ("vocab_size", self.vocab_size),
             ("d_model", self.d_model),
@@ -131,6 +164,13 @@ impl ChameleonConfig {
         }
         if self.ffn_dim == Some(0) {
             return Err("`ffn_dim` must be at least 1".into());
+        }
+        if self.num_params() > limit("parameters") {
+            return Err(format!(
+                "the model would have {:.3e} parameters, beyond this toolkit's limit of {:.3e}",
+                self.num_params() as f64,
+                limit("parameters") as f64
+            ));
         }
         for (name, p) in [("residual_dropout", self.residual_dropout), ("attention_dropout", self.attention_dropout)] {
             if !(0.0..1.0).contains(&p) {
@@ -173,6 +213,23 @@ mod tests {
         let c = ChameleonConfig::new(100, 64, 2, 4).with_residual_dropout(1.5);
         assert!(c.validate().unwrap_err().contains("residual_dropout"));
         assert!(ChameleonConfig::new(100, 64, 2, 4).validate().is_ok());
+    }
+
+    #[test]
+    fn sizes_that_would_exhaust_memory_are_refused_before_allocation() {
+        // Each of these aborted on allocation (config.json, or an experiment's [model]).
+        let cases = [
+            (ChameleonConfig::new(100, 1_000_000_000, 2, 4), "d_model"),
+            (ChameleonConfig::new(100, 64, 1_000_000_000, 4), "n_layers"),
+            (ChameleonConfig::new(100, 64, 1_000_000_000_000, 4), "n_layers"),
+            (ChameleonConfig::new(1 << 40, 64, 2, 4), "vocab_size"),
+            (ChameleonConfig::new(100, 64, 2, 4).with_ffn_dim(Some(usize::MAX)), "ffn_dim"),
+            (ChameleonConfig::new(1 << 24, 1 << 17, 1 << 10, 1 << 10), "parameters"),
+        ];
+        for (config, field) in cases {
+            let err = config.validate().unwrap_err();
+            assert!(err.contains(field) && err.contains("limit"), "{field}: {err}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@
 mod attention;
 pub mod checkpoint;
 mod config;
+pub mod host_memory;
 mod layer;
 mod mlp;
 mod model;

@@ -463,6 +463,8 @@ pub fn train(
     let mut mixture = open_mixture(prepared, &sampling(exp), Split::Train).map_err(|e| err(&prepared.dir, e))?;
     let held_out = if exp.train.eval_every > 0 { Some(held_out_set(prepared, exp)?) } else { None };
     let seed = exp.train.seed;
+    // Weights, gradients and AdamW's two moments.
+    config.check_fits(3, device).map_err(|m| err(&run.join(CONFIG_FILE), format!("[model]: {m}")))?;
     train_device.seed(seed);
     let mut model = config.init(&train_device);
     // Parameters initialise lazily; draw them now, before the per-step reseeding.

@@ -192,6 +192,9 @@ fn packed_rows(set: &ShardSet, spec: &PackSpec) -> (u64, u64) {
 }
 
 fn stats(path: &Path, seq_len: Option<usize>) -> Result<()> {
+    if let Some(n) = seq_len {
+        chameleon_data::pack::check_seq_len(n).map_err(|e| anyhow::anyhow!("--seq-len: {e}"))?;
+    }
     let mut sets: Vec<(String, ShardSet)> = Vec::new();
     let (layout, default_len) = if path.join(chameleon_data::prepare::MANIFEST_FILE).is_file() {
         let prepared = Prepared::open(path)?;

@@ -40,8 +40,9 @@ fn read<T>(path: &Path, expected: &str, convert: impl FnOnce(&str, &[u8]) -> Opt
     let Some(data) = convert(&descr, body) else {
         bail!("{}: dtype {descr:?}; expected {expected}", path.display());
     };
-    let n: usize = shape.iter().product();
-    if data.len() != n {
+    let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    if n != Some(data.len()) {
+        let n = n.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string());
         bail!(
             "{}: truncated: the header promises {n} values of shape {shape:?}, the file holds {}",
             path.display(),
@@ -134,5 +135,15 @@ mod tests {
         std::fs::write(&path, b"not numpy").unwrap();
         assert!(read_ints(&path).err().unwrap().to_string().contains("not a valid .npy"));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_shape_whose_size_overflows_is_refused_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.npy");
+        let side = 1usize << 40;
+        write_i64(&path, &[side, side], &[1, 2, 3]).unwrap();
+        let err = read_ints(&path).err().unwrap().to_string();
+        assert!(err.contains("huge.npy") && err.contains("more than 2^64"), "{err}");
     }
 }

@@ -148,6 +148,8 @@ pub fn read_hf_config(path: &Path) -> Result<(ChameleonConfig, Option<VocabLayou
 pub fn load_hf_checkpoint(dir: &Path, device: &Device) -> Result<HfCheckpoint, CheckpointError> {
     let (config, vocab, hf_config) = read_hf_config(&dir.join("config.json"))?;
     let files = SafetensorsFiles::open_dir(dir)?;
+    check_sizes_against_weights(&config, &files, &dir.join("config.json"))?;
+    config.check_fits(0, device).map_err(|m| CheckpointError::invalid(dir, m))?;
     let tie = hf_config.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false);
     let loader = Loader { files: &files, device, used: RefCell::new(HashSet::new()) };
     let model = loader.model(&config, tie)?;
@@ -174,6 +176,39 @@ pub fn load_hf_checkpoint(dir: &Path, device: &Device) -> Result<HfCheckpoint, C
         vq_tensors.push(NamedTensor { name: name.to_string(), values: files.read_f32(name, &shape)?, shape });
     }
     Ok(HfCheckpoint { model, vocab, hf_config, vq_tensors })
+}
+
+/// Compares the sizes config.json declares with the weights present, before anything the size
+/// of the model is allocated: the number of layers and the embedding table's shape.
+fn check_sizes_against_weights(
+    config: &ChameleonConfig,
+    files: &SafetensorsFiles,
+    config_path: &Path,
+) -> Result<(), CheckpointError> {
+    let layers = files
+        .names()
+        .iter()
+        .filter_map(|n| n.strip_prefix("model.layers.")?.split('.').next()?.parse::<usize>().ok())
+        .max()
+        .map_or(0, |last| last + 1);
+    if layers != config.n_layers {
+        return Err(CheckpointError::invalid(
+            config_path,
+            format!("`num_hidden_layers` = {}, but the weights hold {layers} layer(s)", config.n_layers),
+        ));
+    }
+    let embed = "model.embed_tokens.weight";
+    let want = [config.vocab_size, config.d_model];
+    match files.shape(embed) {
+        Some(shape) if shape != want => Err(CheckpointError::invalid(
+            config_path,
+            format!(
+                "`vocab_size` = {} and `hidden_size` = {} ask for `{embed}` of shape {want:?}, but the weights hold {shape:?}",
+                config.vocab_size, config.d_model
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 struct Loader<'a> {

@@ -42,6 +42,21 @@ pub struct VqConfig {
 }
 
 impl VqConfig {
+    /// The largest value each size may take: about 16× Chameleon's tokenizer in every direction,
+    /// far below what would exhaust memory by itself, so that a corrupt or hostile
+    /// `vq_config.json` is refused before anything is allocated.
+    pub const LIMITS: [(&'static str, usize); 9] = [
+        ("resolution", 8192),
+        ("in_channels", 16),
+        ("base_channels", 2048),
+        ("channel_multiplier (levels)", 8),
+        ("channel_multiplier (largest)", 64),
+        ("num_res_blocks", 32),
+        ("latent_channels", 4096),
+        ("embed_dim", 4096),
+        ("num_embeddings", 1 << 20),
+    ];
+
     /// Side of the latent grid: `resolution / 2^(levels - 1)`.
     pub fn latent_size(&self) -> usize {
         self.resolution >> (self.channel_multiplier.len().saturating_sub(1))
@@ -52,10 +67,29 @@ impl VqConfig {
         self.latent_size() * self.latent_size()
     }
 
-    /// Checks that the config builds a network. The message names the field.
+    /// Checks that the config builds a network of a sane size (within [`VqConfig::LIMITS`]).
+    /// The message names the field.
     pub fn validate(&self) -> Result<(), String> {
         if self.channel_multiplier.is_empty() || self.channel_multiplier.contains(&0) {
             return Err("`channel_multiplier` must be a non-empty list of positive numbers".into());
+        }
+        let levels = self.channel_multiplier.len();
+        let widest = self.channel_multiplier.iter().max().copied().unwrap_or(1);
+        for (name, v) in [
+            ("resolution", self.resolution),
+            ("in_channels", self.in_channels),
+            ("base_channels", self.base_channels),
+            ("channel_multiplier (levels)", levels),
+            ("channel_multiplier (largest)", widest),
+            ("num_res_blocks", self.num_res_blocks),
+            ("latent_channels", self.latent_channels),
+            ("embed_dim", self.embed_dim),
+            ("num_embeddings", self.num_embeddings),
+        ] {
+            let (_, limit) = Self::LIMITS.iter().find(|(n, _)| *n == name).expect("every field has a limit");
+            if v > *limit {
+                return Err(format!("`{name}` = {v} is beyond this toolkit's limit of {limit}"));
+            }
         }
         for (name, v) in [
             ("in_channels", self.in_channels),
@@ -104,5 +138,21 @@ mod tests {
         assert!(bad.validate().unwrap_err().contains("base_channels"));
         let bad = VqConfig::new().with_resolution(100);
         assert!(bad.validate().unwrap_err().contains("resolution"));
+    }
+
+    #[test]
+    fn sizes_beyond_the_limits_are_refused_before_any_arithmetic_overflows() {
+        // 69 levels once overflowed `1 << halvings`; 2^20 pixels or 10^8 blocks aborted on allocation.
+        let cases = [
+            (VqConfig::new().with_channel_multiplier(vec![1; 69]), "channel_multiplier (levels)"),
+            (VqConfig::new().with_resolution(1 << 20), "resolution"),
+            (VqConfig::new().with_num_res_blocks(100_000_000), "num_res_blocks"),
+            (VqConfig::new().with_base_channels(usize::MAX / 2), "base_channels"),
+            (VqConfig::new().with_channel_multiplier(vec![1, usize::MAX]), "channel_multiplier (largest)"),
+        ];
+        for (config, field) in cases {
+            let err = config.validate().unwrap_err();
+            assert!(err.contains(field) && err.contains("limit"), "{field}: {err}");
+        }
     }
 }

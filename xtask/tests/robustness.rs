@@ -1,0 +1,100 @@
+//! Hostile and damaged inputs through the command line: each ends in exit status 1 with a
+//! message that names the file and what is wrong, never a panic or an abort.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{arg, fixture, stderr, xtask};
+
+/// Asserts a clean failure: exit status 1 (not a panic's 101 or an abort's signal), and stderr
+/// that holds every one of `needles`.
+fn assert_refused(out: &Output, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "expected exit status 1, got {:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+}
+
+/// A copy of an HF fixture whose config.json is edited by `edit`.
+fn edited_hf_copy(dir: &Path, case: &str, edit: impl FnOnce(&mut serde_json::Value)) -> PathBuf {
+    let src = fixture("hf", case);
+    let dst = dir.join(case);
+    std::fs::create_dir_all(&dst).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let p = entry.unwrap().path();
+        std::fs::copy(&p, dst.join(p.file_name().unwrap())).unwrap();
+    }
+    let path = dst.join("config.json");
+    let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut json);
+    std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    dst
+}
+
+fn logits(ck: &Path, dir: &Path) -> Output {
+    let ids = fixture("hf", "prenorm_mha").join("input_ids.npy");
+    xtask(&["logits", "--checkpoint", arg(ck), "--input", arg(&ids), "--output", arg(&dir.join("out.npy"))])
+}
+
+#[test]
+fn config_sizes_that_would_exhaust_memory_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let layers = edited_hf_copy(dir.path(), "prenorm_mha", |j| j["num_hidden_layers"] = 1_000_000_000_000u64.into());
+    assert_refused(&logits(&layers, dir.path()), &["config.json", "n_layers", "limit"]);
+    let vocab = edited_hf_copy(&dir.path().join("v"), "prenorm_mha", |j| j["vocab_size"] = (1u64 << 40).into());
+    assert_refused(&logits(&vocab, dir.path()), &["config.json", "vocab_size", "limit"]);
+    // Within the limits, but not what the weights hold.
+    let more = edited_hf_copy(&dir.path().join("m"), "prenorm_mha", |j| {
+        j["num_hidden_layers"] = (j["num_hidden_layers"].as_u64().unwrap() + 3).into()
+    });
+    assert_refused(&logits(&more, dir.path()), &["config.json", "num_hidden_layers", "the weights hold"]);
+}
+
+#[test]
+fn a_seq_len_beyond_the_packer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = xtask(&["data", "stats", arg(dir.path()), "--seq-len", "18446744073709551615"]);
+    assert_refused(&out, &["--seq-len", "out of range"]);
+}
+
+#[test]
+fn an_image_that_declares_ten_million_pixels_a_row_is_refused_before_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    // A valid 1x1 PNG whose header then claims 10,000,000 columns (about 29 KB of rows would
+    // follow in the real probe; the header is what matters).
+    let mut png = Vec::new();
+    image::GrayImage::new(1, 1).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
+    png[16..20].copy_from_slice(&10_000_000u32.to_be_bytes());
+    let crc = crc32(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    let path = dir.path().join("strip.png");
+    std::fs::write(&path, &png).unwrap();
+    let ck = fixture("vq", "plain_one_block");
+    let out = xtask(&[
+        "vq",
+        "encode",
+        "--checkpoint",
+        arg(&ck),
+        "--input",
+        arg(&path),
+        "--output",
+        arg(&dir.path().join("c.npy")),
+    ]);
+    assert_refused(&out, &["strip.png", "larger than"]);
+}
+
+/// The PNG chunk CRC (CRC-32, ISO-HDLC).
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}

@@ -266,8 +266,7 @@ fn tokenizer_model(
         tracing::info!("text tokenizer found in the cache: {}", model.display());
         return Ok(model);
     }
-    let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = partial_dir(&dir);
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_message(format!(
         "training the sentencepiece BPE tokenizer ({} pieces) on {} lines",
@@ -281,6 +280,36 @@ fn tokenizer_model(
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::rename(&tmp, &dir).map_err(|e| other(format!("{}: {e}", dir.display())))?;
     Ok(model)
+}
+
+/// The folder `dir` is built in before it is renamed into place: `DIR.partial-PID`, one per
+/// process, so that two prepares at once never delete each other's work. Partial folders of
+/// processes that no longer exist (killed mid-prepare) are removed here, beside any key.
+fn partial_dir(dir: &Path) -> PathBuf {
+    if let Some(parent) = dir.parent()
+        && let Ok(list) = std::fs::read_dir(parent)
+    {
+        for entry in list.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.rsplit_once(".partial-").and_then(|(_, pid)| pid.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && pid != std::process::id()
+                && !process_exists(pid)
+            {
+                tracing::info!("removing {}, left by a prepare that did not finish", entry.path().display());
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    tmp
+}
+
+/// Whether a process exists (`/proc/PID`); where there is no /proc, assume it does.
+fn process_exists(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.join("self").exists() || proc.join(pid.to_string()).exists()
 }
 
 /// The settings of `[data]` that change the shards (not the stages or the sequence length,
@@ -565,9 +594,7 @@ pub fn prepare(
     {
         return Ok(found);
     }
-    // Per process, so that two prepares at once never delete each other's work.
-    let tmp = dir.with_extension(format!("partial-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = partial_dir(&dir);
     std::fs::create_dir_all(&tmp).map_err(|e| other(format!("{}: {e}", tmp.display())))?;
     text.save(&model, &tmp).map_err(other)?;
 

@@ -102,6 +102,10 @@ fn caption_pairs_come_in_both_orders_and_the_cache_is_reused() {
     restaged.seq_len = 64;
     restaged.stages[0].weights.insert("pairs".into(), 3.0);
     assert!(!prepare(&restaged, &coder, &cache, false, false).unwrap().built);
+    // What a prepare killed mid-way leaves: its partial folder, named for a pid that is gone.
+    let stale = cache.join("shards").join("0123456789abcdef.partial-2147483646");
+    std::fs::create_dir_all(&stale).unwrap();
+    std::fs::write(stale.join("pairs.train.shard"), b"half").unwrap();
     // An image the captions point at changed: a miss, though the JSONL did not change.
     png(&f.root.join("img5.png"), 200);
     let redrawn = prepare(&data, &coder, &cache, false, false).unwrap();
@@ -112,7 +116,7 @@ fn caption_pairs_come_in_both_orders_and_the_cache_is_reused() {
     assert!(all_first.built);
     assert_ne!(all_first.dir, prepared.dir);
     assert_eq!(all_first.manifest.sources[0].images_first, 0);
-    // No partial folder is left behind.
+    // No partial folder is left behind, and the stale one was swept by the next build.
     let names: Vec<String> = std::fs::read_dir(cache.join("shards"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -30,14 +30,20 @@ fn export_then_import_gives_the_same_logits_in_every_layout() {
         let vocab = src.vocab.clone().unwrap();
         let (ids, _) = golden(case, &device);
         let reference = src.model.forward(ids.clone());
-        let layouts = [
-            ExportOptions { dtype: WeightDtype::F32, max_shard_bytes: None },
-            ExportOptions { dtype: WeightDtype::F32, max_shard_bytes: Some(40_000) },
-        ];
-        for options in layouts {
-            let dir = tempfile::tempdir().unwrap();
+        let single = ExportOptions { dtype: WeightDtype::F32, max_shard_bytes: None };
+        let sharded = ExportOptions { dtype: WeightDtype::F32, max_shard_bytes: Some(40_000) };
+        // One folder for all three: each export replaces the one before, whatever its layout
+        // (a stale model.safetensors beside a new index would be loaded instead of it).
+        let dir = tempfile::tempdir().unwrap();
+        for options in [single, sharded, single, sharded] {
             save_hf_checkpoint(&src.model, &vocab, Some(&src.hf_config), &src.vq_tensors, dir.path(), options).unwrap();
             assert_eq!(dir.path().join("model.safetensors.index.json").is_file(), options.max_shard_bytes.is_some());
+            assert_eq!(dir.path().join("model.safetensors").is_file(), options.max_shard_bytes.is_none());
+            let shards = std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("model-"))
+                .count();
+            assert_eq!(shards > 0, options.max_shard_bytes.is_some(), "{case}: shards of an earlier export left");
             let back = load_hf_checkpoint(dir.path(), &device).unwrap();
             assert_eq!(back.model.config, src.model.config, "{case}");
             assert_eq!(back.vocab.as_ref(), Some(&vocab), "{case}");
@@ -152,19 +158,15 @@ fn a_config_that_disagrees_with_the_weights_is_refused_by_name() {
     let err = load_err(dir.path());
     assert!(err.contains("model.layers.0.mlp.gate_proj.weight") && err.contains("[96, 64]"), "{err}");
 
-    // Fewer layers than the weights hold: the extra tensors are reported.
-    let dir = tempfile::tempdir().unwrap();
-    copy_fixture("prenorm_mha", dir.path());
-    edit_config(dir.path(), |c| c["num_hidden_layers"] = 1.into());
-    let err = load_err(dir.path());
-    assert!(err.contains("model.layers.1.") && err.contains("no place"), "{err}");
-
-    // More layers than the weights hold.
-    let dir = tempfile::tempdir().unwrap();
-    copy_fixture("prenorm_mha", dir.path());
-    edit_config(dir.path(), |c| c["num_hidden_layers"] = 3.into());
-    let err = load_err(dir.path());
-    assert!(err.contains("missing tensor `model.layers.2."), "{err}");
+    // Fewer or more layers than the weights hold: said before anything is loaded.
+    for layers in [1, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_fixture("prenorm_mha", dir.path());
+        edit_config(dir.path(), |c| c["num_hidden_layers"] = layers.into());
+        let err = load_err(dir.path());
+        assert!(err.contains(&format!("`num_hidden_layers` = {layers}, but the weights hold 2 layer(s)")), "{err}");
+        assert!(err.contains("config.json"), "{err}");
+    }
 
     // A config that describes no valid model names the key and the file.
     let dir = tempfile::tempdir().unwrap();

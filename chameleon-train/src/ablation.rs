@@ -411,6 +411,8 @@ pub fn run_grid(
 ) -> Result<Vec<Outcome>, TrainError> {
     let io = |p: &Path, e: std::io::Error| TrainError { path: p.to_path_buf(), message: e.to_string() };
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let _lock = crate::run_lock::RunLock::acquire(dir, "ablate")
+        .map_err(|message| TrainError { path: dir.to_path_buf(), message })?;
     let index = serde_json::json!({
         "experiment": grid.file,
         "high_learning_rate": grid.high_learning_rate,

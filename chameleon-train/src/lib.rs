@@ -13,12 +13,14 @@
 
 pub mod ablation;
 pub mod bench;
+pub mod checksums;
 mod config_file;
 pub mod data_parallel;
 pub mod experiment;
 pub mod fixtures;
 pub mod monitor;
 pub mod optim;
+pub mod run_lock;
 pub mod speed;
 pub mod trainer;
 pub mod vq_train;

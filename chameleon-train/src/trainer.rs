@@ -23,9 +23,11 @@ use chameleon_data::{Batch, Mixture, MixtureState, Modality, Prepared, VocabLayo
 use chameleon_model::{Chameleon, ChameleonConfig, log_sum_exp};
 use serde::{Deserialize, Serialize};
 
+use crate::checksums;
 use crate::data_parallel::{GradSync, Replicas, with_replicas};
 use crate::experiment::Experiment;
 use crate::optim::clip_global;
+use crate::run_lock::RunLock;
 use crate::speed::{Peak, mfu};
 
 /// Files of a run directory.
@@ -308,10 +310,11 @@ fn save_checkpoint(
     let tmp = dir.with_extension("tmp");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| err(&tmp, e))?;
-    model.clone().save_file(tmp.join("model.bpk")).map_err(|e| err(&tmp.join("model.bpk"), format!("{e:?}")))?;
-    optim.save(tmp.join("optim.bpk")).map_err(|e| err(&tmp.join("optim.bpk"), format!("{e:?}")))?;
+    model.clone().save_file(tmp.join("model.bpk")).map_err(|e| err(&tmp.join("model.bpk"), e.to_string()))?;
+    optim.save(tmp.join("optim.bpk")).map_err(|e| err(&tmp.join("optim.bpk"), e.to_string()))?;
     let json = serde_json::to_string(state).map_err(|e| err(&tmp, e))?;
     std::fs::write(tmp.join("state.json"), json).map_err(|e| err(&tmp, e))?;
+    checksums::write(&tmp).map_err(|m| err(&tmp, m))?;
     let _ = std::fs::remove_dir_all(dir);
     std::fs::rename(&tmp, dir).map_err(|e| err(dir, e))
 }
@@ -329,9 +332,41 @@ pub fn has_checkpoint(run: &Path) -> bool {
     !checkpoints(run).is_empty()
 }
 
-/// The newest checkpoint directory of a run (its `model.bpk` holds the weights).
-pub fn latest_checkpoint(run: &Path) -> Option<PathBuf> {
-    checkpoints(run).pop()
+/// The newest checkpoint directory of a run whose files match their checksums (its `model.bpk`
+/// holds the weights). Newer damaged ones are skipped with a warning that names the file; an
+/// error when the run has checkpoints but none is intact.
+pub fn latest_checkpoint(run: &Path) -> Result<Option<PathBuf>, TrainError> {
+    Ok(newest_intact(run)?.0)
+}
+
+/// The newest intact checkpoint, and the damaged ones newer than it with what is wrong.
+fn newest_intact(run: &Path) -> Result<(Option<PathBuf>, Vec<PathBuf>), TrainError> {
+    let mut damaged = Vec::new();
+    let mut reasons = Vec::new();
+    for dir in checkpoints(run).into_iter().rev() {
+        match checksums::verify(&dir) {
+            Ok(_) => {
+                if !damaged.is_empty() {
+                    tracing::warn!("using the older intact checkpoint {}", dir.display());
+                }
+                return Ok((Some(dir), damaged));
+            }
+            Err(m) => {
+                tracing::warn!("skipping a damaged checkpoint: {m}");
+                reasons.push(m);
+                damaged.push(dir);
+            }
+        }
+    }
+    if damaged.is_empty() {
+        return Ok((None, damaged));
+    }
+    Err(err(run, format!("no intact checkpoint: {}", reasons.join("; "))))
+}
+
+/// Checks one checkpoint directory's files against its checksums (see [`checksums`]).
+pub fn verify_checkpoint(dir: &Path) -> Result<(), TrainError> {
+    checksums::verify(dir).map(|_| ()).map_err(|m| err(dir, m))
 }
 
 fn checkpoints(run: &Path) -> Vec<PathBuf> {
@@ -341,7 +376,7 @@ fn checkpoints(run: &Path) -> Vec<PathBuf> {
                 .filter(|p| {
                     p.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("checkpoint-") && !n.ends_with(".tmp"))
+                        .is_some_and(|n| n.starts_with("checkpoint-") && !n.contains('.'))
                         && p.join("state.json").is_file()
                 })
                 .collect()
@@ -428,7 +463,16 @@ pub fn resolve(exp: &Experiment, prepared: &Prepared, run: &Path) -> Result<Expe
     Ok(Experiment { model, ..exp.clone() })
 }
 
-/// Trains (or resumes) a run in `run`. Returns the final status.
+/// The status a run directory's last process wrote, if any.
+pub fn read_status(run: &Path) -> Option<Status> {
+    std::fs::read_to_string(run.join(STATUS_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok())
+}
+
+/// Trains (or resumes) a run in `run`, holding its [`RunLock`] throughout. Returns the final
+/// status; on an error, `status.json` says `failed` and why (where the disk still takes it).
+///
+/// A run whose process died before its first checkpoint (metrics but no checkpoint) starts over
+/// from step 0, with or without `resume`, and says so; a run with a checkpoint must be resumed.
 pub fn train(
     exp: &Experiment,
     prepared: &Prepared,
@@ -436,9 +480,44 @@ pub fn train(
     device: &Device,
     options: &RunOptions,
 ) -> Result<Status, TrainError> {
-    if !options.resume && run.join(METRICS_FILE).exists() {
+    std::fs::create_dir_all(run).map_err(|e| err(run, e))?;
+    let what = if options.resume { "train --resume" } else { "train" };
+    let _lock = RunLock::acquire(run, what).map_err(|m| err(run, m))?;
+    let previous = read_status(run);
+    if let Some(p) = previous.as_ref().filter(|p| p.state == "running") {
+        tracing::warn!(
+            "{}: the last process to train this run stopped at step {} without finishing (killed, or it \
+             crashed or ran out of disk)",
+            run.display(),
+            p.step
+        );
+    }
+    let mut resume = options.resume;
+    if run.join(METRICS_FILE).exists() && !has_checkpoint(run) {
+        tracing::warn!("{}: the run stopped before its first checkpoint; starting over from step 0", run.display());
+        for f in [METRICS_FILE, STATUS_FILE] {
+            std::fs::remove_file(run.join(f)).map_err(|e| err(&run.join(f), e))?;
+        }
+        resume = false;
+    } else if !resume && run.join(METRICS_FILE).exists() {
         return Err(err(run, "already holds a run: continue it with --resume, or choose another run directory"));
     }
+    let result = train_locked(exp, prepared, run, device, options, resume);
+    if let Err(e) = &result {
+        let step = read_status(run).map_or(0, |s| s.step);
+        let _ = write_status(run, &Status { state: "failed".into(), step, reason: Some(e.to_string()) });
+    }
+    result
+}
+
+fn train_locked(
+    exp: &Experiment,
+    prepared: &Prepared,
+    run: &Path,
+    device: &Device,
+    options: &RunOptions,
+    resume: bool,
+) -> Result<Status, TrainError> {
     if !exp.train.precision.supported_on(device) {
         return Err(err(run, format!("train.precision = \"{}\" is not supported on this device", exp.train.precision)));
     }
@@ -469,28 +548,35 @@ pub fn train(
     let mut model = config.init(&train_device);
     // Parameters initialise lazily; draw them now, before the per-step reseeding.
     let _ = model.clone().into_record();
-    if let Some(from) = exp.train.init_from.as_ref().filter(|_| !options.resume) {
+    if let Some(from) = exp.train.init_from.as_ref().filter(|_| !resume) {
         let weights = from.join("model.bpk");
         if !weights.is_file() {
             return Err(err(&weights, "train.init_from: no model.bpk here (give a checkpoint directory of a run)"));
         }
+        verify_checkpoint(from)?;
         model = model
             .try_load_file(&weights)
-            .map_err(|e| err(&weights, format!("train.init_from: cannot load into this [model]: {e:?}")))?;
+            .map_err(|e| err(&weights, format!("train.init_from: cannot load into this [model]: {e}")))?;
         tracing::info!("starting from the weights of {}", from.display());
     }
     let mut optim = exp.optim.init();
     let (mut step, mut tokens, mut loss_ema) = (0usize, 0u64, None::<f64>);
     let mut metrics_file = std::fs::OpenOptions::new().create(true).append(true).open(run.join(METRICS_FILE));
-    if options.resume {
-        let Some(last) = checkpoints(run).pop() else {
+    if resume {
+        let (last, damaged) = newest_intact(run)?;
+        let Some(last) = last else {
             return Err(err(run, "--resume: no checkpoint in this run directory"));
         };
+        // Set aside, so that neither pruning nor a later resume takes them for checkpoints.
+        for dir in damaged {
+            let aside = dir.with_extension("damaged");
+            std::fs::rename(&dir, &aside).map_err(|e| err(&dir, e))?;
+            tracing::warn!("moved the damaged checkpoint to {}", aside.display());
+        }
         let text = std::fs::read_to_string(last.join("state.json")).map_err(|e| err(&last, e))?;
         let state: TrainState = serde_json::from_str(&text).map_err(|e| err(&last.join("state.json"), e))?;
-        model =
-            model.try_load_file(last.join("model.bpk")).map_err(|e| err(&last.join("model.bpk"), format!("{e:?}")))?;
-        optim = optim.load(last.join("optim.bpk")).map_err(|e| err(&last.join("optim.bpk"), format!("{e:?}")))?;
+        model = model.try_load_file(last.join("model.bpk")).map_err(|e| err(&last.join("model.bpk"), e.to_string()))?;
+        optim = optim.load(last.join("optim.bpk")).map_err(|e| err(&last.join("optim.bpk"), e.to_string()))?;
         mixture.restore(state.mixture).map_err(|e| err(&last, e))?;
         (step, tokens, loss_ema) = (state.step, state.tokens, state.loss_ema);
         // Metrics past the checkpoint are written again.

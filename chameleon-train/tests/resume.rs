@@ -221,3 +221,68 @@ fn data_parallel_replicas_train_as_one_device_does() {
     let e = train(&exp, &prepared, &root.join("three"), &device, &three).unwrap_err();
     assert!(e.to_string().contains("batch_tokens") && e.to_string().contains("3 replicas"), "{e}");
 }
+
+#[test]
+fn a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_exactly_from_the_one_before() {
+    let Fixture { dir, _rng, device, exp, prepared } = setup(false);
+    let root = dir.path();
+    let whole = root.join("whole");
+    train(&exp, &prepared, &whole, &device, &RunOptions::default()).unwrap();
+
+    let run = root.join("damaged");
+    let first = RunOptions { max_steps: Some(4), checkpoint_every: Some(2), ..RunOptions::default() };
+    assert_eq!(train(&exp, &prepared, &run, &device, &first).unwrap().step, 4);
+    let newest = run.join("checkpoint-0000004");
+    let weights = newest.join("model.bpk");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&weights, &bytes).unwrap();
+
+    // Loading that checkpoint by name is refused, naming the file.
+    let msg = chameleon_train::trainer::verify_checkpoint(&newest).unwrap_err().to_string();
+    assert!(msg.contains("model.bpk") && msg.contains("CRC-32"), "{msg}");
+    // Resuming takes step 2's checkpoint, sets step 4's aside, and trains on as if unbroken.
+    let status = train(&exp, &prepared, &run, &device, &RunOptions { resume: true, ..RunOptions::default() }).unwrap();
+    assert_eq!(status.step, 8);
+    assert!(run.join("checkpoint-0000004.damaged/model.bpk").is_file());
+    assert_eq!(losses(&whole), losses(&run));
+}
+
+#[test]
+fn a_run_killed_before_its_first_checkpoint_starts_over_and_a_second_process_is_refused() {
+    use chameleon_train::run_lock::RunLock;
+    use chameleon_train::trainer::{STATUS_FILE, read_status};
+    let Fixture { dir, _rng, device, exp, prepared } = setup(false);
+    let root = dir.path();
+    let whole = root.join("whole");
+    train(&exp, &prepared, &whole, &device, &RunOptions::default()).unwrap();
+
+    // What a process killed at step 1 leaves: a metrics row, status `running`, no checkpoint.
+    for resume in [true, false] {
+        let run = root.join(format!("killed-{resume}"));
+        std::fs::create_dir_all(&run).unwrap();
+        let first_row = std::fs::read_to_string(whole.join(METRICS_FILE)).unwrap().lines().next().unwrap().to_string();
+        std::fs::write(run.join(METRICS_FILE), format!("{first_row}\n")).unwrap();
+        std::fs::write(run.join(STATUS_FILE), r#"{"state":"running","step":1}"#).unwrap();
+        let status = train(&exp, &prepared, &run, &device, &RunOptions { resume, ..RunOptions::default() }).unwrap();
+        assert_eq!((status.state.as_str(), status.step), ("done", 8), "resume = {resume}");
+        assert_eq!(losses(&whole), losses(&run), "resume = {resume}");
+    }
+
+    // A second process on a held run is refused, and told who holds it.
+    let held = RunLock::acquire(&whole, "train --resume").unwrap();
+    let e = train(&exp, &prepared, &whole, &device, &RunOptions { resume: true, ..RunOptions::default() }).unwrap_err();
+    assert!(e.to_string().contains(&format!("in use by pid {}", std::process::id())), "{e}");
+    drop(held);
+
+    // An error mid-run (here the checkpoint's temporary directory cannot be made) leaves
+    // status `failed` with the reason, not `running`.
+    let broken = root.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("checkpoint-0000004.tmp"), "in the way").unwrap();
+    let e = train(&exp, &prepared, &broken, &device, &RunOptions::default()).unwrap_err();
+    let status = read_status(&broken).unwrap();
+    assert_eq!(status.state, "failed");
+    assert!(status.reason.unwrap().contains("checkpoint-0000004.tmp"), "{e}");
+}

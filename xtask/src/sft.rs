@@ -175,7 +175,7 @@ pub fn run(args: &SftArgs, device: &Device, spec: &str) -> Result<()> {
     let n = sft.eval_prompts;
     let layout = prepared.tokenizer()?.layout().clone();
     let before = evaluate(&load_weights(&exp, &from, device)?, &exp, &prepared, &layout, None, n, device)?;
-    let last = latest_checkpoint(&run_dir).with_context(|| format!("{}: no checkpoint", run_dir.display()))?;
+    let last = latest_checkpoint(&run_dir)?.with_context(|| format!("{}: no checkpoint", run_dir.display()))?;
     let tuned = load_weights(&exp, &last, device)?;
     let after = evaluate(&tuned, &exp, &prepared, &layout, None, n, device)?;
     // The conversations the run drew, from the sampler state it saved.

@@ -13,7 +13,7 @@ use chameleon_model::checkpoint::{load_hf_checkpoint, load_vq_checkpoint};
 use chameleon_model::vq::VqVae;
 use chameleon_model::{Chameleon, VocabLayout};
 use chameleon_train::experiment::Experiment;
-use chameleon_train::trainer::{CONFIG_FILE, latest_checkpoint};
+use chameleon_train::trainer::{CONFIG_FILE, latest_checkpoint, verify_checkpoint};
 
 use crate::data::{image_tokenizer, prepare_data};
 
@@ -79,7 +79,7 @@ pub fn checkpoint_of(path: &Path) -> Result<(PathBuf, PathBuf)> {
         );
     }
     let ckpt =
-        latest_checkpoint(path).with_context(|| format!("{}: no checkpoint in this run directory", path.display()))?;
+        latest_checkpoint(path)?.with_context(|| format!("{}: no checkpoint in this run directory", path.display()))?;
     Ok((path.to_path_buf(), ckpt))
 }
 
@@ -143,11 +143,12 @@ fn load_ours(run: &Path, checkpoint: &Path, cache: &Path, device: &Device) -> Re
 
 /// The transformer of an experiment with the weights of one of its checkpoints (`model.bpk`).
 pub fn load_weights(exp: &Experiment, checkpoint: &Path, device: &Device) -> Result<Chameleon> {
+    verify_checkpoint(checkpoint)?;
     let weights = checkpoint.join("model.bpk");
     exp.model
         .init(device)
         .try_load_file(&weights)
-        .map_err(|e| anyhow::anyhow!("{}: cannot load the model: {e:?}", weights.display()))
+        .map_err(|e| anyhow::anyhow!("{}: cannot load the model: {e}", weights.display()))
 }
 
 /// An image file as the model reads it: begin-image, its codes as token ids, end-image (encoded

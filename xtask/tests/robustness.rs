@@ -98,3 +98,22 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+#[test]
+fn export_into_its_own_source_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = edited_hf_copy(dir.path(), "prenorm_mha", |_| {});
+    let out = xtask(&["export", "--checkpoint", arg(&ck), "--output", arg(&ck.join(".")), "--shard-mb", "1"]);
+    assert_refused(&out, &["own folder"]);
+    assert!(!ck.join("model.safetensors.index.json").exists());
+    let out = xtask(&[
+        "logits",
+        "--checkpoint",
+        arg(&ck),
+        "--input",
+        arg(&ck.join("input_ids.npy")),
+        "--output",
+        arg(&dir.path().join("l.npy")),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

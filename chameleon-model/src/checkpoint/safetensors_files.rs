@@ -259,7 +259,8 @@ pub fn write_checkpoint_weights(
     if shards.len() == 1 {
         let path = dir.join(SINGLE_FILE);
         let views = encoded.iter().map(|(n, e)| (*n, e));
-        return write_atomic(&path, |tmp| safetensors::serialize_to_file(views, Some(metadata.clone()), tmp));
+        write_atomic(&path, |tmp| safetensors::serialize_to_file(views, Some(metadata.clone()), tmp))?;
+        return remove_stale_weights(dir, &[SINGLE_FILE]);
     }
     let mut weight_map = BTreeMap::new();
     let n = shards.len();
@@ -273,7 +274,33 @@ pub fn write_checkpoint_weights(
     }
     let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
     let text = serde_json::to_string_pretty(&index).expect("JSON of strings");
-    write_atomic(&dir.join(INDEX_FILE), |tmp| std::fs::write(tmp, &text))
+    write_atomic(&dir.join(INDEX_FILE), |tmp| std::fs::write(tmp, &text))?;
+    let mut written: Vec<String> = weight_map.into_values().collect();
+    written.push(INDEX_FILE.to_string());
+    let written: Vec<&str> = written.iter().map(String::as_str).collect();
+    remove_stale_weights(dir, &written)
+}
+
+/// Removes the weight files of an earlier checkpoint in `dir` that the one just written does not
+/// use: a `model.safetensors` beside a new index (the loader would prefer it), or an index and
+/// shards beside a new single file. Only names this layout uses are touched.
+fn remove_stale_weights(dir: &Path, written: &[&str]) -> Result<(), CheckpointError> {
+    let ours = |name: &str| {
+        name == SINGLE_FILE
+            || name == INDEX_FILE
+            || name.strip_prefix("model-").and_then(|r| r.strip_suffix(".safetensors")).is_some_and(|r| {
+                let (a, b) = r.split_once("-of-").unwrap_or_default();
+                a.len() == 5 && b.len() == 5 && (a.to_string() + b).bytes().all(|c| c.is_ascii_digit())
+            })
+    };
+    let list = std::fs::read_dir(dir).map_err(|e| CheckpointError::io(dir, e))?;
+    for entry in list.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if ours(&name) && !written.contains(&name.as_str()) {
+            std::fs::remove_file(entry.path()).map_err(|e| CheckpointError::io(&entry.path(), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs `write` on a temporary path beside `path`, then renames it into place.

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::ablation::{GRID_FILE, GridRun, Switches};
 use crate::experiment::Experiment;
+use crate::run_lock::{LOCK_FILE, RunLock};
 use crate::trainer::{CONFIG_FILE, METRICS_FILE, STATUS_FILE, Status};
 
 /// The metrics the chart can show.
@@ -239,6 +240,10 @@ impl RunView {
                     "stopped" => RunState::Stopped,
                     "diverged" => RunState::Diverged(reason),
                     "failed" => RunState::Failed(reason),
+                    // A run lock that names no living process: killed, or out of memory.
+                    _ if self.dir.join(LOCK_FILE).exists() && !RunLock::holder_alive(&self.dir) => {
+                        RunState::Failed("its process ended without a word (killed?); resume it".into())
+                    }
                     _ => RunState::Running,
                 }
             }

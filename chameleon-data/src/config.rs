@@ -64,6 +64,10 @@ pub struct SourceConfig {
     /// `builtin-sft`; for `sft`, absent means every category in the file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
+    /// JSONL sources (caption, interleaved, SFT): let image paths be absolute or climb out of
+    /// the source's folder with `..`. Off by default: a path outside is a bad record.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub images_anywhere: bool,
 }
 
 fn default_min_image_side() -> u32 {

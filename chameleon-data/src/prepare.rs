@@ -26,7 +26,7 @@ use crate::corpus;
 use crate::document::{BadRecord, DocKind, Document, ImageRef, Segment};
 use crate::image as img;
 use crate::shard::ShardWriter;
-use crate::source::{self, SourceFormat, SourceOptions};
+use crate::source::{self, ImagePaths, SourceFormat, SourceOptions};
 use crate::tokenizer::{MODEL_FILE, TextTokenizer, train_sentencepiece};
 
 /// Version of the prepared layout; part of the cache key.
@@ -182,7 +182,8 @@ fn open_source(
         SourceKind::Sft => SourceFormat::Sft,
     };
     let path = s.path.clone().unwrap_or_default();
-    let options = SourceOptions { min_image_side: s.min_image_side, category: s.category.clone() };
+    let image_paths = if s.images_anywhere { ImagePaths::Anywhere } else { ImagePaths::Inside };
+    let options = SourceOptions { min_image_side: s.min_image_side, category: s.category.clone(), image_paths };
     let docs = source::open(format, &path, &options).map_err(PrepareError::Bad)?;
     Ok(Box::new(docs.enumerate().map(|(i, d)| d.map(|d| (d, i)))))
 }
@@ -322,6 +323,10 @@ struct KeyedSettings<'a> {
     tokenizer: &'a crate::tokenizer::TokenizerConfig,
     sources: Vec<(&'a str, SourceKind, Option<&'a Path>, u32, Option<&'a str>)>,
     skip_bad: bool,
+    /// Sources whose images may lie anywhere (left out of the key when none, so that the keys
+    /// of configs that never set it stay what they were).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    images_anywhere: Vec<&'a str>,
 }
 
 /// Hashes every built-in emoji (name and PNG), once per key.
@@ -357,6 +362,7 @@ fn cache_key(
             .map(|s| (s.name.as_str(), s.format, s.path.as_deref(), s.min_image_side, s.category.as_deref()))
             .collect(),
         skip_bad,
+        images_anywhere: config.sources.iter().filter(|s| s.images_anywhere).map(|s| s.name.as_str()).collect(),
     };
     let mut h = Sha256::new();
     h.update(PREPARED_VERSION.to_le_bytes());

@@ -36,6 +36,7 @@ fn config(pairs: &Path, vq_dir: &Path, share: f64) -> DataConfig {
             min_image_side: 32,
             modality_weights: None,
             category: None,
+            images_anywhere: false,
         }],
         stages: vec![Stage { start: 0.0, weights: [("pairs".to_string(), 1.0)].into() }],
     }

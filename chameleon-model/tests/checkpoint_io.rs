@@ -112,6 +112,21 @@ fn a_truncated_file_names_the_file() {
 }
 
 #[test]
+fn an_index_that_points_outside_its_folder_is_refused() {
+    for target in ["/etc/passwd", "../../x.safetensors", "a/../../x.safetensors"] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_fixture("swin_gqa_theta_sharded_v4config", dir.path());
+        let index = dir.path().join("model.safetensors.index.json");
+        let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+        json["weight_map"]["model.norm.weight"] = target.into();
+        std::fs::write(&index, json.to_string()).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("model.safetensors.index.json") && err.contains("model.norm.weight"), "{err}");
+        assert!(err.contains("outside the checkpoint's folder"), "{err}");
+    }
+}
+
+#[test]
 fn a_truncated_shard_names_the_shard() {
     let dir = tempfile::tempdir().unwrap();
     copy_fixture("swin_gqa_theta_sharded_v4config", dir.path());
@@ -120,6 +135,43 @@ fn a_truncated_shard_names_the_shard() {
     std::fs::write(&shard, &bytes[..bytes.len() / 2]).unwrap();
     let err = load_err(dir.path());
     assert!(err.contains("model-00002-of-00006.safetensors"), "{err}");
+}
+
+/// Rewrites the header of a safetensors file with `edit`, keeping its data.
+fn edit_header(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    edit(&mut header);
+    let text = header.to_string();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn a_bad_offset_is_blamed_on_its_own_tensor() {
+    let shift = |by: u64, both: bool| {
+        move |h: &mut serde_json::Value| {
+            let o = h["model.norm.weight"]["data_offsets"].as_array().unwrap().clone();
+            let (a, b) = (o[0].as_u64().unwrap(), o[1].as_u64().unwrap());
+            h["model.norm.weight"]["data_offsets"] = serde_json::json!([if both { a + by } else { a }, b + by]);
+        }
+    };
+    for (edit, says) in [
+        (Box::new(shift(4, false)) as Box<dyn Fn(&mut serde_json::Value)>, "shape and dtype need"),
+        (Box::new(shift(1 << 40, true)), "runs past"),
+        (Box::new(shift(4, true)), "overlap"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        copy_fixture("prenorm_mha", dir.path());
+        let path = dir.path().join("model.safetensors");
+        edit_header(&path, |h| edit(h));
+        let err = load_err(dir.path());
+        assert!(err.contains("`model.norm.weight`") && err.contains(says), "{err}");
+        assert!(!err.contains("Io(") && !err.contains("InvalidOffset"), "{err}");
+    }
 }
 
 #[test]

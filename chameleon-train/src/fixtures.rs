@@ -41,6 +41,7 @@ pub fn tiny_experiment(root: &Path, device: &Device) -> Result<(Experiment, Prep
             min_image_side: 32,
             modality_weights: None,
             category: None,
+            images_anywhere: false,
         }],
         stages: vec![Stage { start: 0.0, weights: [("pairs".to_string(), 1.0)].into() }],
     };

@@ -9,7 +9,7 @@ use chameleon_data::loader::{Split, open_mixture, open_source};
 use chameleon_data::pack::{Framed, PackSpec, pack_in_order};
 use chameleon_data::prepare::{ImageCoder, Prepared, prepare};
 use chameleon_data::shard::{Shard, ShardSet, ShardStats, TokenClass};
-use chameleon_data::source::{SourceFormat, SourceOptions, check};
+use chameleon_data::source::{ImagePaths, SourceFormat, SourceOptions, check};
 use chameleon_data::tokenizer::{TextTokenizer, TokenizerConfig, train_sentencepiece};
 use chameleon_data::{DataConfig, Modality};
 use chameleon_model::checkpoint::{VQ_CONFIG_FILE, load_vq_checkpoint};
@@ -41,6 +41,10 @@ pub enum DataCommand {
         /// HTML: images with a side below this are icons and are dropped.
         #[arg(long, default_value_t = 32)]
         min_image_side: u32,
+        /// JSONL: accept image paths outside the source's folder (absolute, or climbing out
+        /// with `..`).
+        #[arg(long)]
+        images_anywhere: bool,
     },
     /// Tokens per modality, documents, images and packed sequences of shards.
     Stats {
@@ -78,8 +82,9 @@ pub fn run(command: DataCommand, device: &Device) -> Result<()> {
             let prepared = prepare_data(&data, &cache, skip_bad, device)?;
             print_prepared(&prepared, &data)
         }
-        DataCommand::Check { format, path, min_image_side } => {
-            let report = check(format, &path, &SourceOptions { min_image_side, category: None });
+        DataCommand::Check { format, path, min_image_side, images_anywhere } => {
+            let image_paths = if images_anywhere { ImagePaths::Anywhere } else { ImagePaths::Inside };
+            let report = check(format, &path, &SourceOptions { min_image_side, category: None, image_paths });
             print!("{report}");
             if !report.bad.is_empty() {
                 bail!("{}: {} bad record(s)", path.display(), report.bad.len());

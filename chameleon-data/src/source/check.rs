@@ -6,7 +6,9 @@ use std::path::Path;
 use std::str::FromStr;
 
 use crate::document::{BadRecord, DocKind, Document, ImageRef, Location, Segment};
-use crate::source::{CaptionSource, HtmlSource, InterleavedSource, SftSource, TextSource, WebDatasetSource};
+use crate::source::{
+    CaptionSource, HtmlSource, ImagePaths, InterleavedSource, SftSource, TextSource, WebDatasetSource,
+};
 
 /// The side images are decoded to when checked: small, since only decoding errors matter.
 const CHECK_SIDE: usize = 8;
@@ -83,11 +85,13 @@ pub struct SourceOptions {
     pub min_image_side: u32,
     /// SFT: read only the conversations of this category (default: all).
     pub category: Option<String>,
+    /// JSONL sources: whether images may lie outside the source's folder (default: no).
+    pub image_paths: ImagePaths,
 }
 
 impl Default for SourceOptions {
     fn default() -> Self {
-        Self { min_image_side: 32, category: None }
+        Self { min_image_side: 32, category: None, image_paths: ImagePaths::Inside }
     }
 }
 
@@ -100,11 +104,11 @@ pub fn open(
 ) -> Result<Box<dyn Iterator<Item = Result<Document, BadRecord>>>, BadRecord> {
     Ok(match format {
         SourceFormat::Text => Box::new(TextSource::open(path)?),
-        SourceFormat::Caption => Box::new(CaptionSource::open(path)?),
-        SourceFormat::Interleaved => Box::new(InterleavedSource::open(path)?),
+        SourceFormat::Caption => Box::new(CaptionSource::open(path, options.image_paths)?),
+        SourceFormat::Interleaved => Box::new(InterleavedSource::open(path, options.image_paths)?),
         SourceFormat::WebDataset => Box::new(WebDatasetSource::open(path)?),
         SourceFormat::Html => Box::new(HtmlSource::open(path, options.min_image_side)?),
-        SourceFormat::Sft => Box::new(SftSource::open(path, options.category.as_deref())?),
+        SourceFormat::Sft => Box::new(SftSource::open(path, options.category.as_deref(), options.image_paths)?),
     })
 }
 
@@ -321,8 +325,11 @@ mod tests {
         assert_eq!((report.documents, report.interleaved_documents, report.images), (1, 1, 1));
         assert_eq!(report.dropped_icons, 1);
         assert!(report.to_string().contains("dropped icons: 1\n"));
-        let report =
-            check(SourceFormat::Html, &dir.path().join("h"), &SourceOptions { min_image_side: 4, category: None });
+        let report = check(
+            SourceFormat::Html,
+            &dir.path().join("h"),
+            &SourceOptions { min_image_side: 4, ..SourceOptions::default() },
+        );
         assert_eq!((report.images, report.dropped_icons), (2, 0));
     }
 

@@ -6,8 +6,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::document::{BadRecord, DocKind, Document, ImageRef, Location, Segment};
-use crate::source::jsonl::{JsonlRecords, existing_image, parse_object};
-use crate::source::walk::files_under;
+use crate::source::jsonl::{ImagePaths, JsonlRecords, LineOrigin, existing_image, parse_object};
 
 /// Reads `DocKind::Interleaved` documents from a JSONL file or a folder of them. Empty strings in
 /// `texts` count as present but add no segment.
@@ -17,9 +16,10 @@ pub struct InterleavedSource {
 
 impl InterleavedSource {
     /// Opens a JSONL file, or a folder whose `.jsonl` files are read recursively, sorted by path.
-    /// A path that does not exist is a bad record naming it.
-    pub fn open(path: &Path) -> Result<Self, BadRecord> {
-        Ok(Self { records: JsonlRecords::new(files_under(path, &["jsonl"])?, interleaved_line) })
+    /// Images must lie under `path` unless `images` says anywhere. A path that does not exist
+    /// is a bad record naming it.
+    pub fn open(path: &Path, images: ImagePaths) -> Result<Self, BadRecord> {
+        Ok(Self { records: JsonlRecords::open(path, interleaved_line, images)? })
     }
 }
 
@@ -53,7 +53,7 @@ fn string_or_null_list<'a>(
 }
 
 /// One line as an interleaved document.
-fn interleaved_line(jsonl: &Path, line: &str, location: Location) -> Result<Document, BadRecord> {
+fn interleaved_line(origin: &LineOrigin<'_>, line: &str, location: Location) -> Result<Document, BadRecord> {
     let object = parse_object(line, &location)?;
     let texts = string_or_null_list(&object, "texts", &location)?;
     let images = string_or_null_list(&object, "images", &location)?;
@@ -70,7 +70,7 @@ fn interleaved_line(jsonl: &Path, line: &str, location: Location) -> Result<Docu
                 }
             }
             (None, Some(image)) => {
-                let path = existing_image(jsonl, image, &format!("images[{i}]"), &location)?;
+                let path = existing_image(origin, image, &format!("images[{i}]"), &location)?;
                 segments.push(Segment::Image(ImageRef::File(path)));
             }
             (Some(_), Some(_)) => {
@@ -101,7 +101,7 @@ mod tests {
         let jsonl = data.join("docs.jsonl");
         let line = r#"{"texts": ["Intro", null, "", "Middle", null], "images": [null, "imgs/a.png", null, null, "b.png"], "url": "x"}"#;
         write(&jsonl, format!("\n{line}\n"));
-        let docs: Vec<_> = InterleavedSource::open(&jsonl).unwrap().map(Result::unwrap).collect();
+        let docs: Vec<_> = InterleavedSource::open(&jsonl, ImagePaths::Inside).unwrap().map(Result::unwrap).collect();
         assert_eq!(docs.len(), 1);
         assert_eq!(docs[0].location, Location::line(&jsonl, 2));
         assert_eq!(docs[0].kind, DocKind::Interleaved);
@@ -135,7 +135,7 @@ mod tests {
             r#"{"texts": ["ok"], "images": [null]}"#,
         ];
         write(&jsonl, lines.join("\n"));
-        let docs: Vec<_> = InterleavedSource::open(&jsonl).unwrap().collect();
+        let docs: Vec<_> = InterleavedSource::open(&jsonl, ImagePaths::Inside).unwrap().collect();
         assert_eq!(docs.len(), 11);
         let reason = |i: usize| {
             let bad = docs[i].as_ref().unwrap_err();

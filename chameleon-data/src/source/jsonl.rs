@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::document::{BadRecord, Document, Location};
-use crate::source::walk::Files;
+use crate::source::walk::files_under;
 
 /// The non-blank lines of one JSONL file, with their 1-based numbers.
 pub(crate) struct JsonlLines {
@@ -96,13 +96,81 @@ pub(crate) fn string_field<'a>(
     }
 }
 
-/// Resolves an image path from a JSONL file against that file's folder, and checks (cheaply,
+/// Where the images a JSONL source names may live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImagePaths {
+    /// Under the source's own folder (the folder given as its path, or the folder of the JSONL
+    /// file given): no absolute paths, no `..` that climbs out. The default.
+    #[default]
+    Inside,
+    /// Anywhere the paths say (the user opted out: `images_anywhere = true`).
+    Anywhere,
+}
+
+/// The JSONL file a line comes from, and the folder its images must stay in.
+pub(crate) struct LineOrigin<'a> {
+    /// The JSONL file.
+    pub(crate) jsonl: &'a Path,
+    /// The source's root folder.
+    root: &'a Path,
+    /// Whether images may lie outside `root`.
+    images: ImagePaths,
+}
+
+/// `path` with `.` dropped and each `..` taking away the component before it; `None` when a
+/// `..` would climb above the start.
+fn lexically_normal(path: &Path) -> Option<PathBuf> {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    let mut depth = 0usize;
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if depth == 0 {
+                    return None;
+                }
+                out.pop();
+                depth -= 1;
+            }
+            Component::Normal(_) => {
+                out.push(c);
+                depth += 1;
+            }
+            Component::RootDir | Component::Prefix(_) => out.push(c),
+        }
+    }
+    Some(out)
+}
+
+/// Resolves an image path from a JSONL file against that file's folder, keeps it inside the
+/// source's folder (unless the source allows [`ImagePaths::Anywhere`]), and checks (cheaply,
 /// without decoding) that it names a file. `what` names the image in the error.
-pub(crate) fn existing_image(jsonl: &Path, image: &str, what: &str, location: &Location) -> Result<PathBuf, BadRecord> {
+pub(crate) fn existing_image(
+    origin: &LineOrigin<'_>,
+    image: &str,
+    what: &str,
+    location: &Location,
+) -> Result<PathBuf, BadRecord> {
     if image.is_empty() {
         return Err(BadRecord::new(location.clone(), format!("{what} is an empty path")));
     }
-    let resolved = jsonl.parent().unwrap_or(Path::new("")).join(image);
+    let resolved = origin.jsonl.parent().unwrap_or(Path::new("")).join(image);
+    if origin.images == ImagePaths::Inside {
+        let root = lexically_normal(origin.root);
+        let inside = !Path::new(image).has_root()
+            && lexically_normal(&resolved).zip(root).is_some_and(|(path, root)| path.starts_with(root));
+        if !inside {
+            return Err(BadRecord::new(
+                location.clone(),
+                format!(
+                    "{what} {image:?} lies outside the source's folder {}; set `images_anywhere = true` on \
+                     the source to allow it",
+                    origin.root.display()
+                ),
+            ));
+        }
+    }
     match std::fs::metadata(&resolved) {
         Ok(meta) if meta.is_file() => Ok(resolved),
         Ok(_) => Err(BadRecord::new(location.clone(), format!("{what} is not a file: {}", resolved.display()))),
@@ -110,9 +178,9 @@ pub(crate) fn existing_image(jsonl: &Path, image: &str, what: &str, location: &L
     }
 }
 
-/// Turns one line into a record (a document, or a document with more): `(jsonl file, line,
+/// Turns one line into a record (a document, or a document with more): `(its file, line,
 /// location)`.
-pub(crate) type ParseLine<T> = fn(&Path, &str, Location) -> Result<T, BadRecord>;
+pub(crate) type ParseLine<T> = fn(&LineOrigin<'_>, &str, Location) -> Result<T, BadRecord>;
 
 /// Every line of many JSONL files, in order, each turned into a record by `parse`.
 pub(crate) struct JsonlRecords<T = Document> {
@@ -120,12 +188,19 @@ pub(crate) struct JsonlRecords<T = Document> {
     errors: VecDeque<BadRecord>,
     current: Option<JsonlLines>,
     parse: ParseLine<T>,
+    root: PathBuf,
+    images: ImagePaths,
 }
 
 impl<T> JsonlRecords<T> {
-    /// Reads `files` in order.
-    pub(crate) fn new(files: Files, parse: ParseLine<T>) -> Self {
-        Self { files: files.files.into_iter(), errors: files.errors, current: None, parse }
+    /// Reads the JSONL files under `path` (a file, or a folder read recursively and sorted)
+    /// in order; their images must lie under `path` (its folder, for a file) unless `images`
+    /// says anywhere. A path that does not exist is a bad record naming it.
+    pub(crate) fn open(path: &Path, parse: ParseLine<T>, images: ImagePaths) -> Result<Self, BadRecord> {
+        let files = files_under(path, &["jsonl"])?;
+        let root =
+            if path.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new("")).to_path_buf() };
+        Ok(Self { files: files.files.into_iter(), errors: files.errors, current: None, parse, root, images })
     }
 }
 
@@ -141,7 +216,8 @@ impl<T> Iterator for JsonlRecords<T> {
                 match lines.next() {
                     Some(Ok((line, text))) => {
                         let location = Location::line(lines.path(), line);
-                        return Some((self.parse)(lines.path(), &text, location));
+                        let origin = LineOrigin { jsonl: lines.path(), root: &self.root, images: self.images };
+                        return Some((self.parse)(&origin, &text, location));
                     }
                     Some(Err(bad)) => return Some(Err(bad)),
                     None => self.current = None,

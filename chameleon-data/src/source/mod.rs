@@ -21,6 +21,7 @@ pub use caption::CaptionSource;
 pub use check::{CheckReport, SourceFormat, SourceOptions, UnknownSourceFormat, check, open};
 pub use html::HtmlSource;
 pub use interleaved::InterleavedSource;
+pub use jsonl::ImagePaths;
 pub use sft::{Conversation, SftSource};
 pub use text::TextSource;
 pub use webdataset::WebDatasetSource;

@@ -18,8 +18,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use crate::document::{BadRecord, DocKind, Document, ImageRef, Location, Segment};
-use crate::source::jsonl::{JsonlRecords, existing_image, parse_object, string_field};
-use crate::source::walk::files_under;
+use crate::source::jsonl::{ImagePaths, JsonlRecords, LineOrigin, existing_image, parse_object, string_field};
 
 /// One conversation: its category and its turns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,15 +72,17 @@ pub struct SftSource {
 impl SftSource {
     /// Opens a JSONL file, or a folder whose `.jsonl` files are read recursively, sorted by path;
     /// with `category`, other categories' records are passed over (they are not bad records).
-    pub fn open(path: &Path, category: Option<&str>) -> Result<Self, BadRecord> {
-        let records = JsonlRecords::new(files_under(path, &["jsonl"])?, conversation_with_answer);
+    /// Images must lie under `path` unless `images` says anywhere.
+    pub fn open(path: &Path, category: Option<&str>, images: ImagePaths) -> Result<Self, BadRecord> {
+        let records = JsonlRecords::open(path, conversation_with_answer, images)?;
         Ok(Self { records, category: category.map(str::to_owned) })
     }
 
     /// Opens a prompt file: like [`SftSource::open`], but a conversation may end with the user's
     /// turn (an assistant's last turn is kept as the reference answer).
+    /// A prompt file is the user's own, given on the command line: its images may lie anywhere.
     pub fn open_prompts(path: &Path) -> Result<impl Iterator<Item = Result<Conversation, BadRecord>>, BadRecord> {
-        Ok(JsonlRecords::new(files_under(path, &["jsonl"])?, conversation))
+        JsonlRecords::open(path, conversation, ImagePaths::Anywhere)
     }
 }
 
@@ -99,7 +100,7 @@ impl Iterator for SftSource {
     }
 }
 
-fn conversation_with_answer(jsonl: &Path, line: &str, location: Location) -> Result<Conversation, BadRecord> {
+fn conversation_with_answer(jsonl: &LineOrigin<'_>, line: &str, location: Location) -> Result<Conversation, BadRecord> {
     let c = conversation(jsonl, line, location)?;
     if c.answer().is_none() {
         return Err(BadRecord::new(c.location, "the last message must be the assistant's (the answer)"));
@@ -108,7 +109,7 @@ fn conversation_with_answer(jsonl: &Path, line: &str, location: Location) -> Res
 }
 
 /// One line as a conversation (it may end with the user's turn).
-fn conversation(jsonl: &Path, line: &str, location: Location) -> Result<Conversation, BadRecord> {
+fn conversation(jsonl: &LineOrigin<'_>, line: &str, location: Location) -> Result<Conversation, BadRecord> {
     let object = parse_object(line, &location)?;
     let category = string_field(&object, "category", &location)?.trim().to_owned();
     if category.is_empty() {
@@ -145,7 +146,11 @@ fn conversation(jsonl: &Path, line: &str, location: Location) -> Result<Conversa
 }
 
 /// A message's `content`: a string, or a list of `{"text"}` / `{"image"}` parts.
-fn content(jsonl: &Path, message: &Map<String, Value>, location: &Location) -> Result<Vec<Segment>, BadRecord> {
+fn content(
+    jsonl: &LineOrigin<'_>,
+    message: &Map<String, Value>,
+    location: &Location,
+) -> Result<Vec<Segment>, BadRecord> {
     let bad = |reason: &str| Err(BadRecord::new(location.clone(), reason.to_owned()));
     let segments = match message.get("content") {
         Some(Value::String(text)) => vec![Segment::Text(text.clone())],
@@ -188,7 +193,8 @@ mod tests {
             r#"{"category": "text", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Farewell."}]}"#,
         ];
         write(&jsonl, lines.join("\n"));
-        let docs: Vec<Document> = SftSource::open(&jsonl, None).unwrap().map(Result::unwrap).collect();
+        let docs: Vec<Document> =
+            SftSource::open(&jsonl, None, ImagePaths::Inside).unwrap().map(Result::unwrap).collect();
         assert_eq!(docs.len(), 2);
         assert!(docs.iter().all(|d| d.kind == DocKind::Sft));
         assert_eq!(
@@ -216,7 +222,8 @@ mod tests {
             ]
         );
         // One category only.
-        let only: Vec<Document> = SftSource::open(&jsonl, Some("text")).unwrap().map(Result::unwrap).collect();
+        let only: Vec<Document> =
+            SftSource::open(&jsonl, Some("text"), ImagePaths::Inside).unwrap().map(Result::unwrap).collect();
         assert_eq!(only, docs[1..]);
     }
 
@@ -235,7 +242,7 @@ mod tests {
         assert_eq!(cs[1].answer(), Some(&[Segment::Text("Hello.".into())][..]));
         assert_eq!(cs[1].prompt(), cs[0].prompt());
         // A prompt-only line is a bad record for training.
-        let bad: Vec<_> = SftSource::open(&jsonl, None).unwrap().collect();
+        let bad: Vec<_> = SftSource::open(&jsonl, None, ImagePaths::Inside).unwrap().collect();
         assert!(bad[0].as_ref().unwrap_err().reason.contains("must be the assistant's"));
         assert!(bad[1].is_ok());
     }
@@ -254,7 +261,7 @@ mod tests {
             r#"{"category": "", "messages": []}"#,
         ];
         write(&jsonl, lines.join("\n"));
-        let out: Vec<_> = SftSource::open(&jsonl, None).unwrap().collect();
+        let out: Vec<_> = SftSource::open(&jsonl, None, ImagePaths::Inside).unwrap().collect();
         let reasons: Vec<String> = out.iter().map(|r| r.as_ref().unwrap_err().to_string()).collect();
         for (i, r) in reasons.iter().enumerate() {
             assert!(r.starts_with(&format!("{}:{}: ", jsonl.display(), i + 1)), "{r}");

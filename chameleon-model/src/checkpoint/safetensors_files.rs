@@ -83,6 +83,14 @@ impl SafetensorsFiles {
             let file = file.as_str().ok_or_else(|| {
                 CheckpointError::invalid(&index, format!("weight_map entry `{tensor}` is not a file name"))
             })?;
+            // Shards live in the checkpoint's folder: no absolute paths, no `..`.
+            let inside = Path::new(file).components().all(|c| matches!(c, std::path::Component::Normal(_)));
+            if !inside || file.is_empty() {
+                return Err(CheckpointError::invalid(
+                    &index,
+                    format!("weight_map entry `{tensor}` names {file:?}, which lies outside the checkpoint's folder"),
+                ));
+            }
             if !shard_names.iter().any(|s| s == file) {
                 shard_names.push(file.to_string());
             }
@@ -184,10 +192,60 @@ impl MappedFile {
         // as with every safetensors loader.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| CheckpointError::io(path, e))?;
         let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| {
-            CheckpointError::invalid(path, format!("not a valid safetensors file (truncated or corrupt?): {e}"))
+            let why = diagnose(&mmap).unwrap_or_else(|| e.to_string());
+            CheckpointError::invalid(path, format!("not a valid safetensors file (truncated or corrupt?): {why}"))
         })?;
         Ok(Self { path: path.to_path_buf(), mmap, header_len, metadata })
     }
+}
+
+/// Says which tensor of a safetensors file that does not validate is at fault, where the header
+/// at least parses: a span that disagrees with its dtype and shape, one past the end of the data,
+/// or two that overlap (both named). The safetensors crate names only the tensor after a bad one
+/// in offset order, which is another tensor.
+fn diagnose(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+    let data_len = (bytes.len() - 8 - n) as u128;
+    let mut spans = Vec::new();
+    for (name, info) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+        let offsets: Vec<u128> =
+            info.get("data_offsets")?.as_array()?.iter().map(|v| v.as_u64().map(u128::from)).collect::<Option<_>>()?;
+        let [start, end] = offsets[..] else {
+            return Some(format!("tensor `{name}`: `data_offsets` must hold two numbers"));
+        };
+        let numel = info.get("shape")?.as_array()?.iter().try_fold(1u128, |n, d| Some(n * u128::from(d.as_u64()?)))?;
+        let size: u128 = match info.get("dtype")?.as_str()? {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            _ => 1,
+        };
+        if end < start {
+            return Some(format!("tensor `{name}`: its data ends (byte {end}) before it begins (byte {start})"));
+        }
+        if end - start != numel * size {
+            return Some(format!(
+                "tensor `{name}`: its span holds {} bytes, but its shape and dtype need {}",
+                end - start,
+                numel * size
+            ));
+        }
+        if end > data_len {
+            return Some(format!(
+                "tensor `{name}`: its data (bytes {start}..{end}) runs past the file's {data_len} bytes"
+            ));
+        }
+        spans.push((start, end, name));
+    }
+    spans.sort();
+    spans.windows(2).find(|w| w[1].0 < w[0].1).map(|w| {
+        format!(
+            "tensors `{}` (bytes {}..{}) and `{}` (bytes {}..{}) overlap",
+            w[0].2, w[0].0, w[0].1, w[1].2, w[1].0, w[1].1
+        )
+    })
 }
 
 /// One named tensor to write: f32 values, converted to the file's dtype on write.

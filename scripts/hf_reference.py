@@ -63,6 +63,18 @@ def vocabulary_map(seed: int) -> dict:
     return vmap
 
 
+def transformers_test_vocabulary_map() -> dict:
+    """The vocabulary_map of transformers' own ChameleonModelTester: every id named by chr(id),
+    `<image>` at 4, and image tokens named for their *token id* (not a codebook index). No `<s>`,
+    `<reserved08706>`, `<racm3:break>` or `<eoss>`: transformers computes logits with it all the
+    same, and so must chameleon-rs."""
+    vmap = {i: chr(i) for i in range(VOCAB)}
+    vmap[4] = "<image>"
+    for i in range(10, 10 + CODEBOOK):
+        vmap[i] = image_name(i)
+    return {v: k for k, v in vmap.items()}
+
+
 # name, overrides, storage dtype, shard size, config.json flavour
 CASES = [
     ("prenorm_mha", dict(num_attention_heads=4, num_key_value_heads=4), torch.float32, None, "native"),
@@ -72,15 +84,18 @@ CASES = [
     ("prenorm_gqa8to2_bf16", dict(num_attention_heads=8, num_key_value_heads=2), torch.bfloat16, None, "native"),
     ("swin_bias_f16", dict(swin_norm=True, num_attention_heads=4, num_key_value_heads=4, attention_bias=True,
                           mlp_bias=True, rope_theta=1234.0), torch.float16, None, "native"),
+    ("transformers_test_vocab", dict(num_attention_heads=4, num_key_value_heads=4, _vocab="transformers-test"),
+     torch.float32, None, "native"),
 ]
 
 
 def make_config(seed: int, overrides: dict) -> ChameleonConfig:
     overrides = dict(overrides)
     theta = overrides.pop("rope_theta", 10000.0)
+    vmap = transformers_test_vocabulary_map() if overrides.pop("_vocab", None) else vocabulary_map(seed)
     kwargs = dict(
         vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        max_position_embeddings=64, rms_norm_eps=1e-5, vocabulary_map=vocabulary_map(seed),
+        max_position_embeddings=64, rms_norm_eps=1e-5, vocabulary_map=vmap,
         vq_config=dict(embed_dim=8, num_embeddings=CODEBOOK, double_latent=False, latent_channels=32,
                        resolution=8, in_channels=3, base_channels=32, channel_multiplier=[1, 1],
                        num_res_blocks=1, attn_resolutions=None, dropout=0.0),
@@ -115,9 +130,11 @@ def raw_logits(model, input_ids: torch.Tensor) -> torch.Tensor:
     return model.lm_head(hidden).float()
 
 
-def write_fixtures() -> None:
+def write_fixtures(only: list[str] | None = None) -> None:
     FIXTURES.mkdir(parents=True, exist_ok=True)
     for seed, (name, overrides, dtype, shard, flavour) in enumerate(CASES):
+        if only and name not in only:
+            continue
         torch.manual_seed(seed)
         config = make_config(seed, overrides)
         config._attn_implementation = "eager"
@@ -308,7 +325,8 @@ def check_export(exported: Path, golden: Path, tol: float) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("fixtures")
+    fx = sub.add_parser("fixtures")
+    fx.add_argument("--only", nargs="*", help="case names to rewrite (default: every case)")
     sub.add_parser("vq-fixtures")
     ce = sub.add_parser("check-export")
     ce.add_argument("--exported", type=Path, required=True)
@@ -317,7 +335,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     if args.cmd == "fixtures":
-        write_fixtures()
+        write_fixtures(args.only)
         return 0
     if args.cmd == "vq-fixtures":
         write_vq_fixtures()

@@ -58,6 +58,10 @@ pub struct SpecialTokens {
 }
 
 impl SpecialTokens {
+    /// The id of a special token the vocabulary does not have (see
+    /// [`VocabLayout::require_special`]); it matches no token, so it is never detected either.
+    pub const ABSENT: u32 = u32::MAX;
+
     fn all(&self) -> [(&'static str, u32); 7] {
         [
             (names::BOS, self.bos),
@@ -81,6 +85,28 @@ pub struct VocabLayout {
     modality: Vec<Modality>,
     /// Token id -> codebook index, for image tokens.
     image_code: Vec<Option<u32>>,
+    /// Names of the special tokens this vocabulary lacks (their ids are `SpecialTokens::ABSENT`).
+    missing_special: Vec<&'static str>,
+    /// Why a `vocabulary_map`'s image tokens are unusable (then there are none).
+    image_problem: Option<String>,
+}
+
+/// Token ids of the `IMGIMG…Z` names of a `vocabulary_map`, in codebook order; an error unless
+/// their codes are exactly 0..n.
+fn image_codes(map: &BTreeMap<String, u32>) -> Result<Vec<u32>, String> {
+    let mut codes: Vec<(u32, u32)> = Vec::new();
+    for (name, &id) in map.iter().filter(|(n, _)| n.starts_with(names::IMAGE_PREFIX)) {
+        let code = image_code_from_name(name)
+            .ok_or_else(|| format!("image token name {name:?} does not spell a codebook index"))?;
+        codes.push((code, id));
+    }
+    codes.sort_unstable();
+    for (i, &(code, _)) in codes.iter().enumerate() {
+        if code != i as u32 {
+            return Err(format!("image codes are not dense: expected code {i}, found {code}"));
+        }
+    }
+    Ok(codes.into_iter().map(|(_, id)| id).collect())
 }
 
 impl VocabLayout {
@@ -89,7 +115,12 @@ impl VocabLayout {
     pub fn new(vocab_size: usize, special: SpecialTokens, image_tokens: Vec<u32>) -> Result<Self, String> {
         let mut modality = vec![Modality::Text; vocab_size];
         let mut image_code = vec![None; vocab_size];
+        let mut missing_special = Vec::new();
         for (name, id) in special.all() {
+            if id == SpecialTokens::ABSENT {
+                missing_special.push(name);
+                continue;
+            }
             let slot = modality
                 .get_mut(id as usize)
                 .ok_or_else(|| format!("special token {name} has id {id}, outside the vocabulary of {vocab_size}"))?;
@@ -108,7 +139,23 @@ impl VocabLayout {
             *slot = Modality::Image;
             image_code[id as usize] = Some(code as u32);
         }
-        Ok(Self { special, image_tokens, modality, image_code })
+        Ok(Self { special, image_tokens, modality, image_code, missing_special, image_problem: None })
+    }
+
+    /// Refuses `feature` when the vocabulary lacks any of the special tokens `names` (from
+    /// [`names`]) it needs. An HF checkpoint's `vocabulary_map` may leave out tokens that only
+    /// some features use (transformers' own test configs have no end-of-turn token).
+    pub fn require_special(&self, needed: &[&str], feature: &str) -> Result<(), String> {
+        let lacking: Vec<&str> = needed.iter().copied().filter(|n| self.missing_special.contains(n)).collect();
+        if lacking.is_empty() {
+            return Ok(());
+        }
+        Err(format!("{feature} needs the special token(s) {lacking:?}, which this checkpoint's vocabulary_map lacks"))
+    }
+
+    /// Names of the special tokens this vocabulary lacks.
+    pub fn missing_special(&self) -> &[&'static str] {
+        &self.missing_special
     }
 
     /// The layout this toolkit gives models it creates: the seven specials at 0..7, then the
@@ -127,35 +174,40 @@ impl VocabLayout {
         Self::new(7 + codebook_size + text_pieces, special, image_tokens).expect("contiguous layout is valid")
     }
 
-    /// Reads the layout from an HF Chameleon `vocabulary_map` (token name -> id).
+    /// Reads the layout from an HF Chameleon `vocabulary_map` (token name -> id). A special
+    /// token the map lacks is recorded as missing (see [`VocabLayout::require_special`]); only
+    /// the features that use it are refused.
     /// Image tokens are the names starting with `IMGIMG`; their codebook index is spelled in the
     /// name with the letters A-J for the digits 0-9.
     pub fn from_vocabulary_map(map: &BTreeMap<String, u32>, vocab_size: usize) -> Result<Self, String> {
-        let get = |name: &str| {
-            map.get(name).copied().ok_or_else(|| format!("vocabulary_map has no entry for the special token {name:?}"))
-        };
+        let get = |name: &str| map.get(name).copied().unwrap_or(SpecialTokens::ABSENT);
         let special = SpecialTokens {
-            bos: get(names::BOS)?,
-            eos: get(names::EOS)?,
-            pad: get(names::PAD)?,
-            begin_image: get(names::BEGIN_IMAGE)?,
-            end_image: get(names::END_IMAGE)?,
-            end_of_turn: get(names::END_OF_TURN)?,
-            image_placeholder: get(names::IMAGE_PLACEHOLDER)?,
+            bos: get(names::BOS),
+            eos: get(names::EOS),
+            pad: get(names::PAD),
+            begin_image: get(names::BEGIN_IMAGE),
+            end_image: get(names::END_IMAGE),
+            end_of_turn: get(names::END_OF_TURN),
+            image_placeholder: get(names::IMAGE_PLACEHOLDER),
         };
-        let mut codes: Vec<(u32, u32)> = Vec::new();
-        for (name, &id) in map.iter().filter(|(n, _)| n.starts_with(names::IMAGE_PREFIX)) {
-            let code = image_code_from_name(name)
-                .ok_or_else(|| format!("image token name {name:?} does not spell a codebook index"))?;
-            codes.push((code, id));
-        }
-        codes.sort_unstable();
-        for (i, &(code, _)) in codes.iter().enumerate() {
-            if code != i as u32 {
-                return Err(format!("vocabulary_map image codes are not dense: expected code {i}, found {code}"));
+        match image_codes(map) {
+            Ok(image_tokens) => Self::new(vocab_size, special, image_tokens),
+            // Text still works (transformers' own test configs name image tokens by token id,
+            // not by code); the features that read or write images are refused.
+            Err(problem) => {
+                let mut layout = Self::new(vocab_size, special, Vec::new())?;
+                layout.image_problem = Some(format!("vocabulary_map: {problem}"));
+                Ok(layout)
             }
         }
-        Self::new(vocab_size, special, codes.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// Refuses `feature` when the vocabulary's image tokens do not spell a dense codebook.
+    pub fn require_images(&self, feature: &str) -> Result<(), String> {
+        match &self.image_problem {
+            Some(problem) => Err(format!("{feature} needs image tokens, and this checkpoint's {problem}")),
+            None => Ok(()),
+        }
     }
 
     /// A `vocabulary_map` for this layout, as HF Chameleon reads it. Text pieces have no names
@@ -170,7 +222,7 @@ impl VocabLayout {
         for (code, &id) in self.image_tokens.iter().enumerate() {
             map.insert(image_token_name(code as u32), id);
         }
-        for (name, id) in self.special.all() {
+        for (name, id) in self.special.all().into_iter().filter(|&(_, id)| id != SpecialTokens::ABSENT) {
             map.insert(name.to_string(), id);
         }
         map
@@ -276,13 +328,31 @@ mod tests {
     }
 
     #[test]
-    fn bad_maps_are_refused() {
+    fn a_missing_special_token_refuses_only_the_features_that_need_it() {
         let mut map = VocabLayout::contiguous(3, 2).to_vocabulary_map();
-        map.remove("<eoss>");
-        assert!(VocabLayout::from_vocabulary_map(&map, 12).unwrap_err().contains("<eoss>"));
+        map.remove(names::END_OF_TURN);
+        let v = VocabLayout::from_vocabulary_map(&map, 12).unwrap();
+        assert_eq!(v.missing_special(), &[names::END_OF_TURN]);
+        assert_eq!(v.special().end_of_turn, SpecialTokens::ABSENT);
+        // Its old id is plain text now, and matches no special token.
+        assert_eq!(v.modality(5), Some(Modality::Text));
+        assert!(v.require_special(&[names::BOS, names::BEGIN_IMAGE], "generation").is_ok());
+        let err = v.require_special(&[names::BOS, names::END_OF_TURN], "chat").unwrap_err();
+        assert!(err.contains("chat") && err.contains(names::END_OF_TURN), "{err}");
+        // Export writes back what there is, and reads back the same.
+        assert!(!v.to_vocabulary_map().contains_key(names::END_OF_TURN));
+        assert_eq!(VocabLayout::from_vocabulary_map(&v.to_vocabulary_map(), 12).unwrap(), v);
+    }
+
+    #[test]
+    fn bad_maps_are_refused() {
+        // Image names that do not spell codes 0..n leave text usable and refuse images.
         let mut map = VocabLayout::contiguous(3, 2).to_vocabulary_map();
         map.remove(&image_token_name(1));
-        assert!(VocabLayout::from_vocabulary_map(&map, 12).unwrap_err().contains("not dense"));
+        let v = VocabLayout::from_vocabulary_map(&map, 12).unwrap();
+        assert_eq!(v.codebook_size(), 0);
+        assert!(v.require_images("generation").unwrap_err().contains("not dense"));
+        assert!(VocabLayout::contiguous(3, 2).require_images("generation").is_ok());
         let map = VocabLayout::contiguous(3, 2).to_vocabulary_map();
         assert!(VocabLayout::from_vocabulary_map(&map, 8).unwrap_err().contains("outside"));
     }

@@ -47,4 +47,13 @@ fn fixtures_cover_the_required_variants() {
     assert_eq!(vocab.modality(first), Some(Modality::Image));
     assert_eq!(vocab.image_code(first), Some(0));
     assert_eq!(vocab.special().begin_image, 100);
+
+    // transformers' own test vocabulary: no end-of-turn or image-block tokens, bos and eos only
+    // as config.json ids, image tokens named by token id. Logits load (checked above against
+    // HF); the features that need what is missing are refused by name.
+    let tester = load("transformers_test_vocab").vocab.expect("vocabulary_map");
+    assert_eq!((tester.special().bos, tester.special().eos, tester.special().pad), (0, 2, 1));
+    assert_eq!(tester.missing_special(), &["<racm3:break>", "<eoss>", "<reserved08706>"]);
+    assert!(tester.require_special(&["<reserved08706>"], "SFT").unwrap_err().contains("SFT"));
+    assert!(tester.require_images("image generation").unwrap_err().contains("not dense"));
 }

@@ -5,10 +5,11 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use burn::tensor::Device;
 use chameleon_eval::generate::{Event, GenerateConfig, Guidance, Mode, Sampling, generate};
 use chameleon_model::Modality;
+use chameleon_model::vocab::names;
 use clap::{Args, ValueEnum};
 
 use crate::trained::{Loaded, image_block, load_checkpoint, load_run, write_image};
@@ -118,6 +119,14 @@ pub fn run(args: &GenerateArgs, device: &Device) -> Result<()> {
         }
         (None, None) => bail!("give --run RUN or --checkpoint DIR"),
     };
+    // An HF checkpoint's vocabulary_map may lack tokens that only some features use.
+    let layout = loaded.text.layout();
+    let feature = format!("generation in --mode {:?}", args.mode).to_lowercase();
+    layout.require_special(&[names::BOS, names::EOS], &feature).map_err(|m| anyhow!(m))?;
+    if !matches!(args.mode, ModeArg::Text) || !args.images.is_empty() {
+        layout.require_special(&[names::BEGIN_IMAGE, names::END_IMAGE], &feature).map_err(|m| anyhow!(m))?;
+        layout.require_images(&feature).map_err(|m| anyhow!(m))?;
+    }
     let prompt = prompt_tokens(args, &loaded, device)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
     if !(args.temperature.is_finite() && args.temperature >= 0.0) {

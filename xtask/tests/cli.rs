@@ -69,8 +69,18 @@ fn logits_from_numpy_int64_ids_match_hf() {
 
 #[test]
 fn logits_of_a_sharded_checkpoint_from_int32_ids() {
+    logits_match_golden("swin_gqa_theta_sharded_v4config");
+}
+
+/// transformers' own test vocabulary (no end-of-turn or image-block tokens, image tokens named by
+/// token id) once made `logits` refuse the checkpoint; transformers computes these logits.
+#[test]
+fn logits_of_a_checkpoint_with_transformers_test_vocabulary() {
+    logits_match_golden("transformers_test_vocab");
+}
+
+fn logits_match_golden(case: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let case = "swin_gqa_theta_sharded_v4config";
     let (shape, ids, want) = golden(case);
     let ids32: Vec<i32> = ids.iter().map(|&v| v as i32).collect();
     let ids_path = dir.path().join("ids.npy");

@@ -17,7 +17,7 @@ use crate::layer::DecoderLayer;
 use crate::mlp::Mlp;
 use crate::model::Chameleon;
 use crate::norm::{HeadLayerNorm, RmsNorm};
-use crate::vocab::VocabLayout;
+use crate::vocab::{VocabLayout, names};
 
 /// A loaded HF checkpoint.
 #[derive(Debug)]
@@ -130,8 +130,19 @@ pub fn read_hf_config(path: &Path) -> Result<(ChameleonConfig, Option<VocabLayou
     let vocab = match json.get("vocabulary_map") {
         None | Some(Value::Null) => None,
         Some(map) => {
-            let map: BTreeMap<String, u32> = serde_json::from_value(map.clone())
+            let mut map: BTreeMap<String, u32> = serde_json::from_value(map.clone())
                 .map_err(|e| bad(format!("`vocabulary_map` is not a map of names to token ids: {e}")))?;
+            // Where the map does not name them, bos, eos and pad are config.json's token ids.
+            for (name, key) in
+                [(names::BOS, "bos_token_id"), (names::EOS, "eos_token_id"), (names::PAD, "pad_token_id")]
+            {
+                if let Some(id) = json.get(key).and_then(Value::as_u64).and_then(|id| u32::try_from(id).ok())
+                    && !map.contains_key(name)
+                    && !map.iter().any(|(n, &v)| v == id && (n.starts_with(names::IMAGE_PREFIX) || n.starts_with('<')))
+                {
+                    map.insert(name.to_string(), id);
+                }
+            }
             Some(
                 VocabLayout::from_vocabulary_map(&map, config.vocab_size)
                     .map_err(|m| bad(format!("vocabulary_map: {m}")))?,

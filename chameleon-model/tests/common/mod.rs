@@ -7,8 +7,13 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 /// The golden fixtures written by `scripts/hf_reference.py fixtures`.
-pub const CASES: [&str; 4] =
-    ["prenorm_mha", "swin_gqa_theta_sharded_v4config", "prenorm_gqa8to2_bf16", "swin_bias_f16"];
+pub const CASES: [&str; 5] = [
+    "prenorm_mha",
+    "swin_gqa_theta_sharded_v4config",
+    "prenorm_gqa8to2_bf16",
+    "swin_bias_f16",
+    "transformers_test_vocab",
+];
 
 pub fn fixture(case: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf").join(case)

@@ -17,6 +17,11 @@ Subcommands
                  output, latent, codes, decoded pixels).
   check-export   load a checkpoint that chameleon-rs exported with transformers, and compare
                  its raw logits against a fixture's golden logits.
+  check-run-export
+                 load a *run* that `cargo xtask export` wrote (config.json, weights with the VQ
+                 tokenizer, tokenizer.model) with transformers and sentencepiece: compare raw
+                 logits with chameleon-rs's (`cargo xtask logits` on the same ids), check that
+                 ChameleonVQVAE encodes images, and that the tokenizer loads.
 
 CI never runs this script: it only reads the committed fixtures.
 """
@@ -322,6 +327,26 @@ def check_export(exported: Path, golden: Path, tol: float) -> int:
     return 0 if diff <= tol else 1
 
 
+def check_run_export(exported: Path, ids: Path, ours: Path, pixels: Path, codes: Path, tol: float) -> int:
+    import sentencepiece as spm
+    model = ChameleonForConditionalGeneration.from_pretrained(exported, attn_implementation="eager").float().eval()
+    input_ids = torch.from_numpy(np.load(ids)).long()
+    logits = raw_logits(model, input_ids)
+    diff = (logits - torch.from_numpy(np.load(ours))).abs().max().item()
+    with torch.no_grad():
+        hf_codes = model.model.vqmodel.encode(torch.from_numpy(np.load(pixels))).image_tokens
+    our_codes = torch.from_numpy(np.load(codes)).long()
+    same = int((hf_codes.reshape(our_codes.shape) == our_codes).sum())
+    sp = spm.SentencePieceProcessor(model_file=str(exported / "tokenizer.model"))
+    vocab = json.loads((exported / "vocab.json").read_text())
+    pieces = sp.encode("To be, or not to be", out_type=int)
+    print(f"transformers {transformers.__version__} loaded {exported}: max |logit diff| = {diff:.3e} "
+          f"(tolerance {tol}); ChameleonVQVAE.encode: {same} of {our_codes.numel()} codes as ours; sentencepiece: "
+          f"{sp.get_piece_size()} pieces, 'To be, or not to be' -> {len(pieces)} pieces "
+          f"(+{vocab['text_offset']} in the unified vocabulary)")
+    return 0 if diff <= tol and same == our_codes.numel() else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -332,6 +357,13 @@ def main() -> int:
     ce.add_argument("--exported", type=Path, required=True)
     ce.add_argument("--golden", type=Path, required=True)
     ce.add_argument("--tol", type=float, default=1e-4)
+    cr = sub.add_parser("check-run-export")
+    cr.add_argument("--exported", type=Path, required=True)
+    cr.add_argument("--ids", type=Path, required=True, help="int64 .npy [batch, seq]")
+    cr.add_argument("--logits", type=Path, required=True, help="chameleon-rs's f32 .npy logits for --ids")
+    cr.add_argument("--pixels", type=Path, required=True, help="f32 .npy [batch, 3, R, R] in [-1, 1]")
+    cr.add_argument("--codes", type=Path, required=True, help="chameleon-rs's codes for --pixels (vq encode)")
+    cr.add_argument("--tol", type=float, default=1e-4)
     args = ap.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     if args.cmd == "fixtures":
@@ -340,6 +372,8 @@ def main() -> int:
     if args.cmd == "vq-fixtures":
         write_vq_fixtures()
         return 0
+    if args.cmd == "check-run-export":
+        return check_run_export(args.exported, args.ids, args.logits, args.pixels, args.codes, args.tol)
     return check_export(args.exported, args.golden, args.tol)
 
 

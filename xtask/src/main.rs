@@ -166,9 +166,11 @@ enum Command {
         #[arg(long)]
         output: PathBuf,
     },
-    /// Load a checkpoint and write it again in HF's layout (another dtype, sharded).
+    /// Write a checkpoint in HF's Chameleon layout: an HF checkpoint again (another dtype,
+    /// sharded), or a run of ours with its image tokenizer and sentencepiece tokenizer.
     Export {
-        /// Source checkpoint directory.
+        /// An HF checkpoint directory, a run directory of ours (its newest checkpoint), or one
+        /// checkpoint directory of a run.
         #[arg(long)]
         checkpoint: PathBuf,
         /// Destination directory.
@@ -180,6 +182,9 @@ enum Command {
         /// Shard the weights into files of at most this many MiB.
         #[arg(long)]
         shard_mb: Option<usize>,
+        /// Cache folder for data (a run's tokenizer).
+        #[arg(long, default_value = ".cache")]
+        cache: PathBuf,
     },
 }
 
@@ -247,8 +252,8 @@ fn run(cli: Cli) -> Result<()> {
         ),
         Command::Vq { command } => vq::run(command, &device),
         Command::Logits { checkpoint, input, output } => logits::run(&checkpoint, &input, &output, &device),
-        Command::Export { checkpoint, output, dtype, shard_mb } => {
-            export::run(&checkpoint, &output, dtype, shard_mb, &device)
+        Command::Export { checkpoint, output, dtype, shard_mb, cache } => {
+            export::run(&checkpoint, &output, dtype, shard_mb, &cache, &device)
         }
     }
 }

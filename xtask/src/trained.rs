@@ -8,7 +8,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use chameleon_data::hf_tokenizer::HfTokenizer;
 use chameleon_data::image::{load_image, postprocess, save_png};
 use chameleon_data::prepare::Prepared;
-use chameleon_data::tokenizer::{TextTokenizer, TokenizerError};
+use chameleon_data::tokenizer::{MODEL_FILE, TextTokenizer, TokenizerError, VOCAB_FILE};
 use chameleon_model::checkpoint::{load_hf_checkpoint, load_vq_checkpoint};
 use chameleon_model::vq::VqVae;
 use chameleon_model::{Chameleon, VocabLayout};
@@ -110,6 +110,19 @@ pub fn load_checkpoint(
     let layout = hf
         .vocab
         .with_context(|| format!("{}: config.json has no vocabulary_map", dir.join("config.json").display()))?;
+    // A run exported by `cargo xtask export` carries this toolkit's own tokenizer files.
+    if tokenizer.is_none() && dir.join(VOCAB_FILE).is_file() && dir.join(MODEL_FILE).is_file() {
+        let text = TextTokenizer::load(dir)?;
+        if text.layout() != &layout {
+            bail!("{}: describes another vocabulary than config.json's vocabulary_map", dir.join(VOCAB_FILE).display());
+        }
+        let vq = if hf.hf_config.get("vq_config").is_some() {
+            Some(load_vq_checkpoint(dir, decoder, device)?)
+        } else {
+            None
+        };
+        return Ok(Loaded { model: hf.model, text: Text::Ours(text), vq, run: None });
+    }
     let tok_path = tokenizer.map_or_else(|| dir.join("tokenizer.json"), Path::to_path_buf);
     if !tok_path.is_file() {
         bail!("{}: no tokenizer.json; pass --tokenizer FILE (the checkpoint's HF tokenizer)", tok_path.display());

@@ -206,6 +206,22 @@ fn the_grid_outlives_a_diverging_run_and_resumes_a_killed_one_exactly() {
     let out = generate("text", &root.join("g-bad"), &["--prompt", "two <image> markers <image>", "--image", arg(&png)]);
     assert!(!out.status.success() && stderr(&out).contains("marker"), "{}", stderr(&out));
 
+    // The run exports to HF's layout (transformers' check: scripts/hf_reference.py
+    // check-run-export); generating from the export gives the run's transcript, token for token.
+    let exported = root.join("exported");
+    let out = xtask(&["export", "--checkpoint", &run, "--output", arg(&exported), "--cache", &cache_arg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for f in ["config.json", "model.safetensors", "tokenizer.model", "vocab.json"] {
+        assert!(exported.join(f).is_file(), "{f} missing from the export");
+    }
+    let g_export = root.join("g-export");
+    let mut args = vec!["generate", "--checkpoint", arg(&exported), "--mode", "interleaved", "--out", arg(&g_export)];
+    args.extend_from_slice(&prompt);
+    let out = xtask(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let transcript = |dir: &str| std::fs::read_to_string(root.join(dir).join("response.txt")).unwrap();
+    assert_eq!(transcript("g-export"), transcript("g-mixed"));
+
     // And evaluates: eval.json with every measure, and the sample sheet.
     let out = xtask(&[
         "eval",

@@ -383,6 +383,13 @@ pub fn save_hf_checkpoint(
         WeightDtype::BF16 => "bfloat16",
     };
     let s = vocab.special();
+    let id = |t: u32| if t == crate::vocab::SpecialTokens::ABSENT { Value::Null } else { json!(t) };
+    // The base config's vocabulary_map keeps its real token names when it describes this very
+    // layout; otherwise names are made from the layout.
+    let names = match config.get("vocabulary_map").map(|m| serde_json::from_value::<BTreeMap<String, u32>>(m.clone())) {
+        Some(Ok(map)) if VocabLayout::from_vocabulary_map(&map, c.vocab_size).as_ref() == Ok(vocab) => json!(map),
+        _ => json!(vocab.to_vocabulary_map()),
+    };
     let fields = json!({
         "architectures": ["ChameleonForConditionalGeneration"],
         "model_type": "chameleon",
@@ -404,12 +411,12 @@ pub fn save_hf_checkpoint(
         "swin_norm": c.norm_placement == NormPlacement::Reordered,
         "qk_norm": c.qk_norm,
         "tie_word_embeddings": false,
-        "bos_token_id": s.bos,
-        "eos_token_id": s.eos,
-        "pad_token_id": s.pad,
+        "bos_token_id": id(s.bos),
+        "eos_token_id": id(s.eos),
+        "pad_token_id": id(s.pad),
         "dtype": dtype,
         "torch_dtype": dtype,
-        "vocabulary_map": vocab.to_vocabulary_map(),
+        "vocabulary_map": names,
     });
     let obj = config.as_object_mut().expect("object");
     obj.remove("rope_scaling");

@@ -14,4 +14,4 @@ pub use hf::{ExportOptions, HfCheckpoint, load_hf_checkpoint, read_hf_config, sa
 pub use safetensors_files::{
     INDEX_FILE, NamedTensor, SINGLE_FILE, SafetensorsFiles, WeightDtype, write_checkpoint_weights,
 };
-pub use vq::{VQ_CONFIG_FILE, VQ_WEIGHTS_FILE, load_vq_checkpoint, save_vq_checkpoint};
+pub use vq::{VQ_CONFIG_FILE, VQ_WEIGHTS_FILE, hf_vq_tensors, load_vq_checkpoint, save_vq_checkpoint, vq_config_json};

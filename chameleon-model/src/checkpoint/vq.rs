@@ -66,7 +66,8 @@ fn parse_vq_config(json: &Value, path: &Path) -> Result<VqConfig, CheckpointErro
     Ok(config)
 }
 
-fn vq_config_json(c: &VqConfig) -> Value {
+/// A tokenizer's config in HF's `vq_config` naming, as config.json and `vq_config.json` hold it.
+pub fn vq_config_json(c: &VqConfig) -> Value {
     json!({
         "resolution": c.resolution,
         "in_channels": c.in_channels,
@@ -166,6 +167,18 @@ pub fn save_vq_checkpoint(model: &VqVae, dir: &Path) -> Result<(), CheckpointErr
     let _ = std::fs::remove_dir(&tmp_dir);
     let text = serde_json::to_string_pretty(&vq_config_json(&model.config)).expect("JSON");
     write_atomic(&dir.join(VQ_CONFIG_FILE), |tmp| std::fs::write(tmp, &text))
+}
+
+/// Every tensor of a tokenizer under HF's names (`model.vqmodel.*`), for an HF checkpoint's
+/// weights. The decoder, which HF's Chameleon lacks, is included; this toolkit's loader reads it
+/// back, and transformers reports it as unused.
+pub fn hf_vq_tensors(model: &VqVae) -> Vec<NamedTensor> {
+    let mut collector = Collector { path: Vec::new(), out: Vec::new() };
+    model.visit(&mut collector);
+    for t in &mut collector.out {
+        t.name = format!("{HF_PREFIX}{}", t.name);
+    }
+    collector.out
 }
 
 fn read_json(path: &Path) -> Result<Value, CheckpointError> {

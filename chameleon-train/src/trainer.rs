@@ -353,7 +353,7 @@ fn newest_intact(run: &Path) -> Result<(Option<PathBuf>, Vec<PathBuf>), TrainErr
             }
             Err(m) => {
                 tracing::warn!("skipping a damaged checkpoint: {m}");
-                reasons.push(m);
+                reasons.push(m.to_string());
                 damaged.push(dir);
             }
         }
@@ -366,7 +366,7 @@ fn newest_intact(run: &Path) -> Result<(Option<PathBuf>, Vec<PathBuf>), TrainErr
 
 /// Checks one checkpoint directory's files against its checksums (see [`checksums`]).
 pub fn verify_checkpoint(dir: &Path) -> Result<(), TrainError> {
-    checksums::verify(dir).map(|_| ()).map_err(|m| err(dir, m))
+    checksums::verify(dir).map(|_| ()).map_err(|d| err(&d.file, d.reason))
 }
 
 fn checkpoints(run: &Path) -> Vec<PathBuf> {

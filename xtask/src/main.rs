@@ -8,6 +8,8 @@ mod device;
 mod device_check;
 mod eval;
 mod export;
+mod fuzz;
+mod fuzz_targets;
 mod generate;
 mod live;
 mod logging;
@@ -91,6 +93,9 @@ enum Command {
     },
     /// Generate text and images from a trained run (streamed; images written as PNGs).
     Generate(generate::GenerateArgs),
+    /// Fuzz the parsers that read outside bytes (safetensors, config.json, vq_config.json,
+    /// .npy, shards, JSONL, HTML, tar): mutated inputs must end in errors, never panics.
+    Fuzz(fuzz::FuzzArgs),
     /// Evaluate a trained run on its held-out data (perplexity by modality, captions, image
     /// likelihood); writes eval.json and a sheet of samples.
     Eval(eval::EvalArgs),
@@ -218,12 +223,13 @@ fn run(cli: Cli) -> Result<()> {
     // Before the first tensor op: bench may set the thread count.
     match &cli.command {
         Command::Bench(args) => return bench::run(args, &cli.device),
+        Command::Fuzz(args) => return fuzz::run(args),
         Command::DeviceCheck { steps } => return device_check::run(&cli.device, *steps),
         _ => {}
     }
     let device = device::parse(&cli.device)?;
     match cli.command {
-        Command::Bench(_) | Command::DeviceCheck { .. } => unreachable!("handled above"),
+        Command::Bench(_) | Command::DeviceCheck { .. } | Command::Fuzz(_) => unreachable!("handled above"),
         Command::Ablate { file, runs_dir, no_tui, cache, jobs } => {
             ablate::run(file.as_deref(), runs_dir.as_deref(), no_tui, &cache, jobs, &device, &cli.device)
         }

@@ -161,7 +161,7 @@ pub fn load_weights(exp: &Experiment, checkpoint: &Path, device: &Device) -> Res
     exp.model
         .init(device)
         .try_load_file(&weights)
-        .map_err(|e| anyhow::anyhow!("{}: cannot load the model: {e}", weights.display()))
+        .map_err(|e| anyhow::anyhow!("{}: cannot load the model (truncated or damaged?): {e}", weights.display()))
 }
 
 /// An image file as the model reads it: begin-image, its codes as token ids, end-image (encoded

@@ -117,3 +117,67 @@ fn export_into_its_own_source_folder_is_refused() {
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// The short fuzzing pass of CI: every parser that reads outside bytes takes mutated inputs and
+/// ends each in an error or a result, never a panic (`cargo xtask fuzz --runs 1000000` is the
+/// long pass; the README gives its counts).
+#[test]
+fn a_short_fuzzing_pass_finds_no_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashes = dir.path().join("crashes");
+    let out = xtask(&["fuzz", "--runs", "1500", "--seed", "7", "--crashes", arg(&crashes)]);
+    let table = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{table}\n{}", stderr(&out));
+    for target in ["safetensors", "hf-config", "vq-config", "npy", "shard", "jsonl-sft", "html", "tar"] {
+        let row = table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(target))
+            .unwrap_or_else(|| panic!("{target}: {table}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(cols[1], "1500", "{row}");
+        assert_eq!(cols[3], "0", "{row}");
+    }
+    assert!(!crashes.exists());
+    let out = xtask(&["fuzz", "--targets", "nope"]);
+    assert_refused(&out, &["no target \"nope\""]);
+}
+
+#[test]
+fn an_experiment_or_tokenizer_config_too_large_to_allocate_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = common::caption_experiment(dir.path(), 4);
+    let text = std::fs::read_to_string(&exp).unwrap();
+    for (from, to, field) in
+        [("d_model = 32", "d_model = 1000000000", "d_model"), ("n_layers = 2", "n_layers = 1000000000", "n_layers")]
+    {
+        std::fs::write(&exp, text.replace(from, to)).unwrap();
+        let out = xtask(&["train", "--config", arg(&exp), "--run-dir", arg(&dir.path().join("run"))]);
+        assert_refused(&out, &["exp.toml", field, "limit"]);
+    }
+    // A tokenizer directory whose vq_config.json asks for 2^20 pixels a side or 10^8 blocks.
+    let vq = dir.path().join("vq");
+    let path = vq.join("vq_config.json");
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let px = dir.path().join("px.npy");
+    for (key, value) in [("resolution", 1u64 << 20), ("num_res_blocks", 100_000_000)] {
+        let mut edited = config.clone();
+        edited[key] = value.into();
+        std::fs::write(&path, edited.to_string()).unwrap();
+        let out = xtask(&["vq", "encode", "--checkpoint", arg(&vq), "--input", arg(&px), "--output", arg(&px)]);
+        assert_refused(&out, &["vq_config.json", key, "limit"]);
+    }
+}
+
+#[test]
+fn a_grid_directory_in_use_is_refused_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("grid");
+    std::fs::create_dir_all(&runs).unwrap();
+    let _held = chameleon_train::run_lock::RunLock::acquire(&runs, "ablate").unwrap();
+    let exp = common::caption_experiment(dir.path(), 4);
+    let grid = format!("{}\n[ablation]\nlearning_rate = [1e-3]\n", std::fs::read_to_string(&exp).unwrap());
+    std::fs::write(&exp, grid).unwrap();
+    let out =
+        xtask(&["ablate", arg(&exp), "--runs-dir", arg(&runs), "--no-tui", "--cache", arg(&dir.path().join("c"))]);
+    assert_refused(&out, &["in use by", &format!("pid {} (ablate)", std::process::id())]);
+}

@@ -62,6 +62,20 @@ impl VqConfig {
         self.resolution >> (self.channel_multiplier.len().saturating_sub(1))
     }
 
+    /// An upper bound on the parameters of encoder and decoder: every 3×3 convolution counted at
+    /// the widest level's channels. Chameleon's tokenizer: 2.0e8 by this bound.
+    pub fn params_bound(&self) -> u128 {
+        let widest = self.base_channels as u128 * self.channel_multiplier.iter().max().copied().unwrap_or(1) as u128;
+        let convs_per_level = 2 * (self.num_res_blocks as u128 + 1) + 1;
+        let levels = self.channel_multiplier.len() as u128 + 1;
+        2 * levels * convs_per_level * 9 * widest * widest
+            + 2 * 9 * widest * self.latent_channels.max(self.in_channels) as u128
+            + self.num_embeddings as u128 * self.embed_dim as u128
+    }
+
+    /// The most parameters a tokenizer may have by [`VqConfig::params_bound`]: 2^31.
+    pub const MAX_PARAMS: u128 = 1 << 31;
+
     /// Codes per image: `latent_size²`.
     pub fn codes_per_image(&self) -> usize {
         self.latent_size() * self.latent_size()
@@ -102,6 +116,13 @@ impl VqConfig {
                 return Err(format!("`{name}` must be at least 1"));
             }
         }
+        if self.params_bound() > Self::MAX_PARAMS {
+            return Err(format!(
+                "the tokenizer would have up to {:.2e} parameters, beyond this toolkit's limit of {:.2e}",
+                self.params_bound() as f64,
+                Self::MAX_PARAMS as f64
+            ));
+        }
         let halvings = self.channel_multiplier.len() - 1;
         if self.resolution == 0 || !self.resolution.is_multiple_of(1 << halvings) {
             return Err(format!(
@@ -134,6 +155,7 @@ mod tests {
         assert_eq!(c.latent_size(), 32);
         assert_eq!(c.codes_per_image(), 1024);
         assert!(c.validate().is_ok());
+        assert!((1.9e8..2.1e8).contains(&(c.params_bound() as f64)), "{}", c.params_bound());
         let bad = VqConfig::new().with_base_channels(48);
         assert!(bad.validate().unwrap_err().contains("base_channels"));
         let bad = VqConfig::new().with_resolution(100);
@@ -149,6 +171,8 @@ mod tests {
             (VqConfig::new().with_num_res_blocks(100_000_000), "num_res_blocks"),
             (VqConfig::new().with_base_channels(usize::MAX / 2), "base_channels"),
             (VqConfig::new().with_channel_multiplier(vec![1, usize::MAX]), "channel_multiplier (largest)"),
+            // Each size within its limit, together 6e11 parameters: refused as a whole.
+            (VqConfig::new().with_base_channels(2048).with_channel_multiplier(vec![64; 8]), "parameters"),
         ];
         for (config, field) in cases {
             let err = config.validate().unwrap_err();

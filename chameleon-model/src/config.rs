@@ -107,11 +107,12 @@ impl ChameleonConfig {
     /// The largest value each size may take (about 16× Chameleon-34B's), and the most
     /// parameters a model may have: a corrupt or hostile config is refused before anything is
     /// allocated, and no size arithmetic can overflow.
-    pub const LIMITS: [(&'static str, usize); 6] = [
+    pub const LIMITS: [(&'static str, usize); 7] = [
         ("vocab_size", 1 << 24),
         ("d_model", 1 << 17),
         ("n_layers", 1 << 10),
         ("ffn_dim", 1 << 19),
+        ("ffn_multiple_of", 1 << 19),
         ("max_seq_len", 1 << 22),
         ("parameters", 1 << 40),
     ];
@@ -133,6 +134,7 @@ impl ChameleonConfig {
             ("d_model", self.d_model),
             ("n_layers", self.n_layers),
             ("ffn_dim", self.ffn_dim.unwrap_or(0)),
+            ("ffn_multiple_of", self.ffn_multiple_of),
             ("max_seq_len", self.max_seq_len),
         ] {
             if v > limit(name) {
@@ -224,6 +226,7 @@ mod tests {
             (ChameleonConfig::new(100, 64, 1_000_000_000_000, 4), "n_layers"),
             (ChameleonConfig::new(1 << 40, 64, 2, 4), "vocab_size"),
             (ChameleonConfig::new(100, 64, 2, 4).with_ffn_dim(Some(usize::MAX)), "ffn_dim"),
+            (ChameleonConfig::new(100, 64, 2, 4).with_ffn_multiple_of(usize::MAX / 2), "ffn_multiple_of"),
             (ChameleonConfig::new(1 << 24, 1 << 17, 1 << 10, 1 << 10), "parameters"),
         ];
         for (config, field) in cases {

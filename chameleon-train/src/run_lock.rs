@@ -30,7 +30,7 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| format!("{}: cannot open the lock file: {e}", path.display()))?;
-        if !try_flock(&file) {
+        if !try_flock(&file, &path) {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             let holder = holder.trim();
@@ -80,15 +80,25 @@ fn process_exists(_pid: i32) -> bool {
     true
 }
 
+/// Takes the lock; false only when another holder has it. A file system that cannot lock at
+/// all (some network mounts) is said once and not held against the run.
 #[cfg(unix)]
-fn try_flock(file: &File) -> bool {
+fn try_flock(file: &File, path: &Path) -> bool {
     use std::os::fd::AsRawFd;
     // SAFETY: a plain syscall on a descriptor this function borrows for its duration.
-    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return true;
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return false;
+    }
+    tracing::warn!("{}: cannot lock ({e}); nothing stops a second process from using this run", path.display());
+    true
 }
 
 #[cfg(not(unix))]
-fn try_flock(_file: &File) -> bool {
+fn try_flock(_file: &File, _path: &Path) -> bool {
     true
 }
 

@@ -493,7 +493,10 @@ pub fn train(
         );
     }
     let mut resume = options.resume;
-    if run.join(METRICS_FILE).exists() && !has_checkpoint(run) {
+    // Died (or failed) before its first checkpoint: nothing to resume, nothing worth keeping. A
+    // run that ended (done, diverged) is never wiped.
+    let unfinished = previous.as_ref().is_none_or(|p| p.state == "running" || p.state == "failed");
+    if run.join(METRICS_FILE).exists() && !has_checkpoint(run) && unfinished {
         tracing::warn!("{}: the run stopped before its first checkpoint; starting over from step 0", run.display());
         for f in [METRICS_FILE, STATUS_FILE] {
             std::fs::remove_file(run.join(f)).map_err(|e| err(&run.join(f), e))?;
@@ -503,9 +506,9 @@ pub fn train(
         return Err(err(run, "already holds a run: continue it with --resume, or choose another run directory"));
     }
     let result = train_locked(exp, prepared, run, device, options, resume);
-    if let Err(e) = &result {
-        let step = read_status(run).map_or(0, |s| s.step);
-        let _ = write_status(run, &Status { state: "failed".into(), step, reason: Some(e.to_string()) });
+    // An error once training had started; one before (a bad option) leaves the status alone.
+    if let (Err(e), Some(s)) = (&result, read_status(run).filter(|s| s.state == "running")) {
+        let _ = write_status(run, &Status { state: "failed".into(), step: s.step, reason: Some(e.to_string()) });
     }
     result
 }
@@ -569,7 +572,10 @@ fn train_locked(
         };
         // Set aside, so that neither pruning nor a later resume takes them for checkpoints.
         for dir in damaged {
-            let aside = dir.with_extension("damaged");
+            let aside = (0..)
+                .map(|k| dir.with_extension(if k == 0 { "damaged".to_string() } else { format!("damaged-{k}") }))
+                .find(|p| !p.exists())
+                .expect("a free name");
             std::fs::rename(&dir, &aside).map_err(|e| err(&dir, e))?;
             tracing::warn!("moved the damaged checkpoint to {}", aside.display());
         }

@@ -270,6 +270,15 @@ fn a_run_killed_before_its_first_checkpoint_starts_over_and_a_second_process_is_
         assert_eq!(losses(&whole), losses(&run), "resume = {resume}");
     }
 
+    // A run that ended before its first checkpoint (diverged at step 1) is a result: kept.
+    let ended = root.join("ended");
+    std::fs::create_dir_all(&ended).unwrap();
+    std::fs::write(ended.join(METRICS_FILE), "{\"step\":1}\n").unwrap();
+    std::fs::write(ended.join(STATUS_FILE), r#"{"state":"diverged","step":1,"reason":"loss NaN"}"#).unwrap();
+    let e = train(&exp, &prepared, &ended, &device, &RunOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("already holds a run"), "{e}");
+    assert_eq!(read_status(&ended).unwrap().state, "diverged", "an early refusal leaves the status alone");
+
     // A second process on a held run is refused, and told who holds it.
     let held = RunLock::acquire(&whole, "train --resume").unwrap();
     let e = train(&exp, &prepared, &whole, &device, &RunOptions { resume: true, ..RunOptions::default() }).unwrap_err();

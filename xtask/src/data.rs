@@ -216,6 +216,7 @@ fn stats(path: &Path, seq_len: Option<usize>) -> Result<()> {
         (None, 256)
     };
     let seq_len = seq_len.unwrap_or(default_len);
+    chameleon_data::pack::check_seq_len(seq_len).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let Some(layout) = layout else {
         // Without the vocabulary, only counts by document kind are known.
         for (name, set) in &sets {

@@ -86,9 +86,12 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
     }
     limit_memory(args.memory_gib)?;
     let scratch = std::env::temp_dir().join(format!("chameleon-fuzz-{}", std::process::id()));
-    // Panics are findings, counted below; the default hook would print each one.
+    // Panics are findings, counted below, on any thread (a reader thread's panic can come back
+    // as an error); the default hook would print each one.
     let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    std::panic::set_hook(Box::new(|_| {
+        PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }));
     let mut found = 0;
     println!("{:<18} {:>10} {:>10} {:>8} {:>10}", "target", "inputs", "accepted", "panics", "inputs/s");
     for target in targets {
@@ -135,7 +138,16 @@ fn fuzz_one(target: &str, dir: &std::path::Path, args: &FuzzArgs) -> Result<Tall
             mutate(&mut input, other, &mut rng);
         }
         tally.runs += 1;
-        match catch_unwind(AssertUnwindSafe(|| fuzz_targets::run(target, &input, dir))) {
+        let before = PANICS.load(std::sync::atomic::Ordering::SeqCst);
+        let result = catch_unwind(AssertUnwindSafe(|| fuzz_targets::run(target, &input, dir)));
+        let elsewhere = PANICS.load(std::sync::atomic::Ordering::SeqCst) > before;
+        let result = match result {
+            Ok(_) if elsewhere => {
+                Err(Box::new("a panic in another thread".to_string()) as Box<dyn std::any::Any + Send>)
+            }
+            r => r,
+        };
+        match result {
             Ok(true) => {
                 tally.accepted += 1;
                 // Accepted inputs become starting points (a bounded corpus, replaced at random).
@@ -164,6 +176,9 @@ fn fuzz_one(target: &str, dir: &std::path::Path, args: &FuzzArgs) -> Result<Tall
     tally.seconds = start.elapsed().as_secs_f64();
     Ok(tally)
 }
+
+/// Panics seen by the hook, on every thread.
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// Numbers at the edges of what parsers take.
 const NUMBERS: [&str; 10] = [

@@ -28,6 +28,10 @@ pub fn run(checkpoint: &Path, input: &Path, output: &Path, device: &Device) -> R
             checkpoint.join("config.json").display()
         );
     }
+    // The logits, and about as much again while they are computed.
+    let bytes = 2 * 4 * batch as u128 * seq as u128 * vocab as u128;
+    chameleon_model::host_memory::check_fits(bytes, &format!("logits of shape [{batch}, {seq}, {vocab}]"), device)
+        .map_err(|m| anyhow::anyhow!("{}: {m}", input.display()))?;
     tracing::info!(batch, seq, vocab, "computing logits");
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids.data, [batch, seq]), device);
     let logits = loaded.model.forward(tokens);

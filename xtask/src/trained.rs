@@ -157,6 +157,7 @@ fn load_ours(run: &Path, checkpoint: &Path, cache: &Path, device: &Device) -> Re
 /// The transformer of an experiment with the weights of one of its checkpoints (`model.bpk`).
 pub fn load_weights(exp: &Experiment, checkpoint: &Path, device: &Device) -> Result<Chameleon> {
     verify_checkpoint(checkpoint)?;
+    exp.model.check_fits(0, device).map_err(|m| anyhow::anyhow!("{}: [model]: {m}", checkpoint.display()))?;
     let weights = checkpoint.join("model.bpk");
     exp.model
         .init(device)

@@ -117,9 +117,10 @@ pub(crate) struct LineOrigin<'a> {
     images: ImagePaths,
 }
 
-/// `path` with `.` dropped and each `..` taking away the component before it; `None` when a
-/// `..` would climb above the start.
-fn lexically_normal(path: &Path) -> Option<PathBuf> {
+/// `path` with `.` dropped and each `..` taking away the named component before it; a `..`
+/// with none before it stays (a relative path that starts above the working folder) or, at the
+/// root, goes nowhere.
+fn lexically_normal(path: &Path) -> PathBuf {
     use std::path::Component;
     let mut out = PathBuf::new();
     let mut depth = 0usize;
@@ -127,11 +128,12 @@ fn lexically_normal(path: &Path) -> Option<PathBuf> {
         match c {
             Component::CurDir => {}
             Component::ParentDir => {
-                if depth == 0 {
-                    return None;
+                if depth > 0 {
+                    out.pop();
+                    depth -= 1;
+                } else if !out.has_root() {
+                    out.push("..");
                 }
-                out.pop();
-                depth -= 1;
             }
             Component::Normal(_) => {
                 out.push(c);
@@ -140,7 +142,7 @@ fn lexically_normal(path: &Path) -> Option<PathBuf> {
             Component::RootDir | Component::Prefix(_) => out.push(c),
         }
     }
-    Some(out)
+    out
 }
 
 /// Resolves an image path from a JSONL file against that file's folder, keeps it inside the
@@ -157,9 +159,8 @@ pub(crate) fn existing_image(
     }
     let resolved = origin.jsonl.parent().unwrap_or(Path::new("")).join(image);
     if origin.images == ImagePaths::Inside {
-        let root = lexically_normal(origin.root);
-        let inside = !Path::new(image).has_root()
-            && lexically_normal(&resolved).zip(root).is_some_and(|(path, root)| path.starts_with(root));
+        let inside =
+            !Path::new(image).has_root() && lexically_normal(&resolved).starts_with(lexically_normal(origin.root));
         if !inside {
             return Err(BadRecord::new(
                 location.clone(),
@@ -250,6 +251,17 @@ mod tests {
         assert_eq!(bad.location, Location::line(&path, 5));
         assert!(bad.reason.contains("UTF-8"), "{bad}");
         assert_eq!(items[3], Ok((6, "{\"c\": 3}".to_owned())));
+    }
+
+    #[test]
+    fn paths_are_normalised_without_the_file_system() {
+        let n = |p: &str| lexically_normal(Path::new(p));
+        assert_eq!(n("../data/./img/../a.png"), PathBuf::from("../data/a.png"));
+        assert_eq!(n("../data/../../x"), PathBuf::from("../../x"));
+        assert_eq!(n("/../etc/passwd"), PathBuf::from("/etc/passwd"));
+        // A source given as ../data keeps its images inside ../data, and no further up.
+        assert!(n("../data/img/../a.png").starts_with(n("../data")));
+        assert!(!n("../data/../other/a.png").starts_with(n("../data")));
     }
 
     #[test]

@@ -201,7 +201,7 @@ fn check_sizes_against_weights(
         .iter()
         .filter_map(|n| n.strip_prefix("model.layers.")?.split('.').next()?.parse::<usize>().ok())
         .max()
-        .map_or(0, |last| last + 1);
+        .map_or(0, |last| last.saturating_add(1));
     if layers != config.n_layers {
         return Err(CheckpointError::invalid(
             config_path,

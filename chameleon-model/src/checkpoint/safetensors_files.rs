@@ -215,7 +215,8 @@ fn diagnose(bytes: &[u8]) -> Option<String> {
         let [start, end] = offsets[..] else {
             return Some(format!("tensor `{name}`: `data_offsets` must hold two numbers"));
         };
-        let numel = info.get("shape")?.as_array()?.iter().try_fold(1u128, |n, d| Some(n * u128::from(d.as_u64()?)))?;
+        let numel =
+            info.get("shape")?.as_array()?.iter().try_fold(1u128, |n, d| n.checked_mul(u128::from(d.as_u64()?)))?;
         let size: u128 = match info.get("dtype")?.as_str()? {
             "F64" | "I64" | "U64" => 8,
             "F32" | "I32" | "U32" => 4,
@@ -225,11 +226,11 @@ fn diagnose(bytes: &[u8]) -> Option<String> {
         if end < start {
             return Some(format!("tensor `{name}`: its data ends (byte {end}) before it begins (byte {start})"));
         }
-        if end - start != numel * size {
+        let needed = numel.checked_mul(size)?;
+        if end - start != needed {
             return Some(format!(
-                "tensor `{name}`: its span holds {} bytes, but its shape and dtype need {}",
-                end - start,
-                numel * size
+                "tensor `{name}`: its span holds {} bytes, but its shape and dtype need {needed}",
+                end - start
             ));
         }
         if end > data_len {

@@ -102,6 +102,9 @@ pub fn load_vq_checkpoint(dir: &Path, decoder_file: Option<&Path>, device: &Devi
         })?;
         (parse_vq_config(vq, &path)?, SafetensorsFiles::open_dir(dir)?, HF_PREFIX)
     };
+    let needed = config.params_bound() * 4;
+    crate::host_memory::check_fits(needed, "this tokenizer (by its parameter bound)", device)
+        .map_err(|m| CheckpointError::invalid(dir, m))?;
     let mut model = config.init(device);
     let fresh_decoder = model.decoder.take().expect("init builds a decoder");
     let (mut model, mut used) = load_into(model, &files, prefix, device)?;

@@ -20,8 +20,11 @@ use chameleon_model::vq::VqConfig;
 use crate::npy;
 
 /// The targets, by name.
-pub const TARGETS: [&str; 10] = [
+pub const TARGETS: [&str; 13] = [
     "safetensors",
+    "hf-index",
+    "image",
+    "experiment",
     "hf-config",
     "vq-config",
     "npy",
@@ -58,6 +61,9 @@ pub fn scratch(target: &str) -> &'static Path {
 fn input_path(target: &str, dir: &Path) -> PathBuf {
     let name = match target {
         "safetensors" => "model.safetensors",
+        "hf-index" => "model.safetensors.index.json",
+        "image" => "image.bin",
+        "experiment" => "experiment.toml",
         "hf-config" => "config.json",
         "vq-config" => "vq_config.json",
         "npy" => "input.npy",
@@ -88,6 +94,16 @@ pub fn run(target: &str, data: &[u8], dir: &Path) -> bool {
                 files.read_f32(n, &shape).is_ok()
             })
         }),
+        // The index of a sharded checkpoint, beside the one shard its seed names.
+        "hf-index" => SafetensorsFiles::open_dir(dir).is_ok_and(|files| {
+            files.names().iter().all(|n| {
+                let shape = files.shape(n).map(<[usize]>::to_vec).unwrap_or_default();
+                files.read_f32(n, &shape).is_ok()
+            })
+        }),
+        // Decoded within the size limits and preprocessed to 16×16.
+        "image" => chameleon_data::image::decode_image(data, &path, 16).is_ok(),
+        "experiment" => chameleon_train::experiment::Experiment::load(&path).is_ok(),
         "hf-config" => read_hf_config(&path).is_ok(),
         // No weights beside it: the config is read and checked, nothing is allocated.
         "vq-config" => {
@@ -132,6 +148,33 @@ pub fn seeds(target: &str, dir: &Path) -> Vec<Vec<u8>> {
                 })
                 .collect()
         }
+        "hf-index" => {
+            let st = seeds("safetensors", dir).swap_remove(0);
+            std::fs::write(dir.join("model-00001-of-00001.safetensors"), st).expect("scratch");
+            let index = serde_json::json!({
+                "metadata": { "total_size": 76 },
+                "weight_map": {
+                    "model.norm.weight": "model-00001-of-00001.safetensors",
+                    "lm_head.weight": "model-00001-of-00001.safetensors",
+                    "b": "model-00001-of-00001.safetensors",
+                },
+            });
+            vec![index.to_string().into_bytes()]
+        }
+        "image" => {
+            let mut jpeg = Vec::new();
+            let img = image::RgbImage::from_fn(12, 9, |x, y| image::Rgb([(x * 20) as u8, (y * 25) as u8, 90]));
+            img.write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).expect("JPEG in memory");
+            let mut webp = Vec::new();
+            img.write_to(&mut std::io::Cursor::new(&mut webp), image::ImageFormat::WebP).expect("WebP in memory");
+            vec![png, jpeg, webp]
+        }
+        "experiment" => ["smoke.toml", "sft.toml"]
+            .iter()
+            .map(|f| {
+                std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments").join(f)).expect("committed")
+            })
+            .collect(),
         "hf-config" => ["prenorm_mha", "swin_gqa_theta_sharded_v4config", "transformers_test_vocab"]
             .iter()
             .map(|case| {

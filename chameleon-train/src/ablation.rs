@@ -35,7 +35,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config_file::{ConfigError, read_table};
 use crate::experiment::Experiment;
-use crate::trainer::{CONFIG_FILE, METRICS_FILE, RunOptions, STATUS_FILE, Status, TrainError, resolve, train};
+use crate::run_dir::{CONFIG_FILE, METRICS_FILE, STATUS_FILE, State, Status};
+use crate::trainer::{RunOptions, TrainError, resolve, train};
 
 /// The grid's index, written into the grid directory (the monitor reads it to list queued runs).
 pub const GRID_FILE: &str = "grid.json";
@@ -487,7 +488,7 @@ fn one(
         Ok(s) => s,
         Err(e) => {
             tracing::error!("{}: {e}", run.name);
-            let status = Status { state: "failed".into(), step: 0, reason: Some(e.to_string()) };
+            let status = Status { state: State::Failed, step: 0, reason: Some(e.to_string()) };
             let _ = std::fs::create_dir_all(&run_dir);
             let _ =
                 std::fs::write(run_dir.join(STATUS_FILE), serde_json::to_string_pretty(&status).unwrap_or_default());
@@ -536,7 +537,7 @@ fn prior(run_dir: &Path, exp: &Experiment, prepared: &Prepared) -> Result<Prior,
     }
     let status: Option<Status> =
         std::fs::read_to_string(run_dir.join(STATUS_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
-    if let Some(s) = status.filter(|s| s.state == "done" || s.state == "diverged") {
+    if let Some(s) = status.filter(|s| s.state.ended()) {
         return Ok(Prior::Finished(s));
     }
     if crate::trainer::has_checkpoint(run_dir) {

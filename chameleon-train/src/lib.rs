@@ -20,6 +20,7 @@ pub mod experiment;
 pub mod fixtures;
 pub mod monitor;
 pub mod optim;
+pub mod run_dir;
 pub mod run_lock;
 pub mod speed;
 pub mod trainer;

@@ -30,12 +30,7 @@ use crate::optim::clip_global;
 use crate::run_lock::RunLock;
 use crate::speed::{Peak, mfu};
 
-/// Files of a run directory.
-pub const METRICS_FILE: &str = "metrics.jsonl";
-/// The run's status.
-pub const STATUS_FILE: &str = "status.json";
-/// The resolved experiment.
-pub const CONFIG_FILE: &str = "config.toml";
+pub use crate::run_dir::{CONFIG_FILE, METRICS_FILE, PROPORTIONS_FILE, STATUS_FILE, State, Status, read_status};
 
 /// A training run that could not go on.
 #[derive(Debug, thiserror::Error)]
@@ -49,19 +44,6 @@ pub struct TrainError {
 
 fn err(path: &Path, message: impl ToString) -> TrainError {
     TrainError { path: path.to_path_buf(), message: message.to_string() }
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Status {
-    /// `running`, `done`, `stopped` (by `--max-steps` or a stop request; resumable),
-    /// `diverged`, or `failed` (an error; set by the grid runner).
-    pub state: String,
-    /// Steps completed.
-    pub step: usize,
-    /// Why it stopped, when it diverged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
 }
 
 /// What a checkpoint holds besides the model and optimizer files.
@@ -386,9 +368,6 @@ fn checkpoints(run: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-/// The realised mixture: rows drawn per stream in each stage against the intended shares.
-pub const PROPORTIONS_FILE: &str = "proportions.json";
-
 fn write_proportions(run: &Path, mixture: &Mixture) -> Result<(), TrainError> {
     let path = run.join(PROPORTIONS_FILE);
     let json = serde_json::to_string_pretty(&mixture.proportions()).map_err(|e| err(&path, e))?;
@@ -396,11 +375,7 @@ fn write_proportions(run: &Path, mixture: &Mixture) -> Result<(), TrainError> {
 }
 
 fn write_status(run: &Path, status: &Status) -> Result<(), TrainError> {
-    let path = run.join(STATUS_FILE);
-    let json = serde_json::to_string_pretty(status).map_err(|e| err(&path, e))?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, json).map_err(|e| err(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| err(&path, e))
+    crate::run_dir::write_status(run, status).map_err(|m| err(run, m))
 }
 
 /// The held-out set: the first `eval_batches` batches of the held-out split, drawn once, so that
@@ -463,11 +438,6 @@ pub fn resolve(exp: &Experiment, prepared: &Prepared, run: &Path) -> Result<Expe
     Ok(Experiment { model, ..exp.clone() })
 }
 
-/// The status a run directory's last process wrote, if any.
-pub fn read_status(run: &Path) -> Option<Status> {
-    std::fs::read_to_string(run.join(STATUS_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok())
-}
-
 /// Trains (or resumes) a run in `run`, holding its [`RunLock`] throughout. Returns the final
 /// status; on an error, `status.json` says `failed` and why (where the disk still takes it).
 ///
@@ -484,7 +454,7 @@ pub fn train(
     let what = if options.resume { "train --resume" } else { "train" };
     let _lock = RunLock::acquire(run, what).map_err(|m| err(run, m))?;
     let previous = read_status(run);
-    if let Some(p) = previous.as_ref().filter(|p| p.state == "running") {
+    if let Some(p) = previous.as_ref().filter(|p| p.state == State::Running) {
         tracing::warn!(
             "{}: the last process to train this run stopped at step {} without finishing (killed, or it \
              crashed or ran out of disk)",
@@ -495,7 +465,7 @@ pub fn train(
     let mut resume = options.resume;
     // Died (or failed) before its first checkpoint: nothing to resume, nothing worth keeping. A
     // run that ended (done, diverged) is never wiped.
-    let unfinished = previous.as_ref().is_none_or(|p| p.state == "running" || p.state == "failed");
+    let unfinished = previous.as_ref().is_none_or(|p| matches!(p.state, State::Running | State::Failed));
     if run.join(METRICS_FILE).exists() && !has_checkpoint(run) && unfinished {
         tracing::warn!("{}: the run stopped before its first checkpoint; starting over from step 0", run.display());
         for f in [METRICS_FILE, STATUS_FILE] {
@@ -507,8 +477,8 @@ pub fn train(
     }
     let result = train_locked(exp, prepared, run, device, options, resume);
     // An error once training had started; one before (a bad option) leaves the status alone.
-    if let (Err(e), Some(s)) = (&result, read_status(run).filter(|s| s.state == "running")) {
-        let _ = write_status(run, &Status { state: "failed".into(), step: s.step, reason: Some(e.to_string()) });
+    if let (Err(e), Some(s)) = (&result, read_status(run).filter(|s| s.state == State::Running)) {
+        let _ = write_status(run, &Status { state: State::Failed, step: s.step, reason: Some(e.to_string()) });
     }
     result
 }
@@ -607,7 +577,7 @@ fn train_locked(
     let stop = options.max_steps.map_or(total, |m| m.min(total));
     let every = options.checkpoint_every.unwrap_or(exp.train.checkpoint_every);
     let mut kept: VecDeque<PathBuf> = checkpoints(run).into();
-    let mut status = Status { state: "running".into(), step, reason: None };
+    let mut status = Status { state: State::Running, step, reason: None };
     write_status(run, &status)?;
     let bar = if options.progress_bar && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         indicatif::ProgressBar::new(stop as u64)
@@ -672,7 +642,7 @@ fn train_locked(
             let loss = ce + z;
             if !loss.is_finite() || !grad_norm.is_finite() {
                 status = Status {
-                    state: "diverged".into(),
+                    state: State::Diverged,
                     step,
                     reason: Some(format!(
                         "non-finite {} at step {step}",
@@ -776,7 +746,7 @@ fn train_locked(
             }
         }
         bar.finish_and_clear();
-        status.state = if step >= total { "done" } else { "stopped" }.into();
+        status.state = if step >= total { State::Done } else { State::Stopped };
         write_status(run, &status)?;
         Ok(status)
     };

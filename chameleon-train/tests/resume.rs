@@ -11,6 +11,7 @@ use chameleon_model::Precision;
 use chameleon_train::data_parallel::GradSync;
 use chameleon_train::experiment::Experiment;
 use chameleon_train::fixtures::{tiny_experiment, written};
+use chameleon_train::run_dir::State;
 use chameleon_train::speed::{Peak, flops_per_token};
 use chameleon_train::trainer::{METRICS_FILE, RunOptions, train};
 
@@ -71,7 +72,7 @@ fn resume_after_a_checkpoint_is_bit_exact() {
 
     let whole = root.join("whole");
     let status = train(&exp, &prepared, &whole, &device, &RunOptions::default()).unwrap();
-    assert_eq!((status.state.as_str(), status.step), ("done", 8));
+    assert_eq!((status.state, status.step), (State::Done, 8));
 
     let split = root.join("split");
     train_in_two_parts(&exp, &prepared, &split, &device, RunOptions::default());
@@ -266,7 +267,7 @@ fn a_run_killed_before_its_first_checkpoint_starts_over_and_a_second_process_is_
         std::fs::write(run.join(METRICS_FILE), format!("{first_row}\n")).unwrap();
         std::fs::write(run.join(STATUS_FILE), r#"{"state":"running","step":1}"#).unwrap();
         let status = train(&exp, &prepared, &run, &device, &RunOptions { resume, ..RunOptions::default() }).unwrap();
-        assert_eq!((status.state.as_str(), status.step), ("done", 8), "resume = {resume}");
+        assert_eq!((status.state, status.step), (State::Done, 8), "resume = {resume}");
         assert_eq!(losses(&whole), losses(&run), "resume = {resume}");
     }
 
@@ -277,7 +278,7 @@ fn a_run_killed_before_its_first_checkpoint_starts_over_and_a_second_process_is_
     std::fs::write(ended.join(STATUS_FILE), r#"{"state":"diverged","step":1,"reason":"loss NaN"}"#).unwrap();
     let e = train(&exp, &prepared, &ended, &device, &RunOptions::default()).unwrap_err();
     assert!(e.to_string().contains("already holds a run"), "{e}");
-    assert_eq!(read_status(&ended).unwrap().state, "diverged", "an early refusal leaves the status alone");
+    assert_eq!(read_status(&ended).unwrap().state, State::Diverged, "an early refusal leaves the status alone");
 
     // A second process on a held run is refused, and told who holds it.
     let held = RunLock::acquire(&whole, "train --resume").unwrap();
@@ -292,6 +293,6 @@ fn a_run_killed_before_its_first_checkpoint_starts_over_and_a_second_process_is_
     std::fs::write(broken.join("checkpoint-0000004.tmp"), "in the way").unwrap();
     let e = train(&exp, &prepared, &broken, &device, &RunOptions::default()).unwrap_err();
     let status = read_status(&broken).unwrap();
-    assert_eq!(status.state, "failed");
+    assert_eq!(status.state, State::Failed);
     assert!(status.reason.unwrap().contains("checkpoint-0000004.tmp"), "{e}");
 }

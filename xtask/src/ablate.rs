@@ -11,8 +11,9 @@ use burn::tensor::Device;
 use chameleon_eval::ablation::summary;
 use chameleon_train::ablation::{Grid, GridRun, InProcess, Launcher, run_grid};
 use chameleon_train::monitor::{self, Watch};
+use chameleon_train::run_dir::{STATUS_FILE, State, Status};
 use chameleon_train::speed::Peak;
-use chameleon_train::trainer::{RunOptions, STATUS_FILE, Status, TrainError, train};
+use chameleon_train::trainer::{RunOptions, TrainError, train};
 
 use crate::data::prepare_data;
 use crate::live::monitored;
@@ -70,8 +71,8 @@ pub fn run(
         let launcher: &dyn Launcher = if jobs > 1 { &workers } else { &in_process };
         Ok(run_grid(&grid2, &prepared, &dir2, &stop, jobs, launcher)?)
     })?;
-    let stopped = outcomes.len() < grid.runs.len() || outcomes.iter().any(|o| o.status.state == "stopped");
-    let ended = outcomes.iter().any(|o| o.status.state == "done" || o.status.state == "diverged");
+    let stopped = outcomes.len() < grid.runs.len() || outcomes.iter().any(|o| o.status.state == State::Stopped);
+    let ended = outcomes.iter().any(|o| o.status.state.ended());
     if ended {
         let table = summary(&dir).map_err(|e| anyhow!(e))?;
         let path = dir.join("summary.txt");
@@ -155,7 +156,7 @@ impl Launcher for Workers {
         let status: Option<Status> = std::fs::read_to_string(run_dir.join(STATUS_FILE))
             .ok()
             .and_then(|t| serde_json::from_str(&t).ok())
-            .filter(|s: &Status| s.state != "running");
+            .filter(|s: &Status| s.state != State::Running);
         match status {
             Some(s) if exit.success() => Ok(s),
             _ => {

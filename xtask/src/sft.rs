@@ -14,9 +14,8 @@ use chameleon_data::{ImageRef, Segment, corpus, sft_set};
 use chameleon_eval::sft_eval::{CategoryEval, SftComparison, evaluate_category};
 use chameleon_model::{Chameleon, VocabLayout};
 use chameleon_train::experiment::{Experiment, SftConfig};
-use chameleon_train::trainer::{
-    CONFIG_FILE, PROPORTIONS_FILE, RunOptions, checkpoint_mixture, latest_checkpoint, train,
-};
+use chameleon_train::run_dir::{CONFIG_FILE, PROPORTIONS_FILE, State};
+use chameleon_train::trainer::{RunOptions, checkpoint_mixture, latest_checkpoint, train};
 use serde_json::json;
 
 use crate::data::prepare_data;
@@ -158,7 +157,7 @@ pub fn run(args: &SftArgs, device: &Device, spec: &str) -> Result<()> {
         Ok(train(&exp2, &prepared2, &dir2, &device2, &options)?)
     })?;
     println!("{}: {} at step {}", run_dir.display(), status.state, status.step);
-    if status.state != "done" {
+    if status.state != State::Done {
         println!("not finished: `cargo xtask sft --run-dir {} --resume` continues it", run_dir.display());
         return Ok(());
     }

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use crate::ablation::{GRID_FILE, GridRun, Switches};
 use crate::experiment::Experiment;
+use crate::run_dir::{CONFIG_FILE, METRICS_FILE, STATUS_FILE, State, Status};
 use crate::run_lock::{LOCK_FILE, RunLock};
-use crate::trainer::{CONFIG_FILE, METRICS_FILE, STATUS_FILE, Status};
 
 /// The metrics the chart can show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -235,11 +235,11 @@ impl RunView {
             Some(s) => {
                 self.status_step = s.step;
                 let reason = s.reason.unwrap_or_default();
-                match s.state.as_str() {
-                    "done" => RunState::Done,
-                    "stopped" => RunState::Stopped,
-                    "diverged" => RunState::Diverged(reason),
-                    "failed" => RunState::Failed(reason),
+                match s.state {
+                    State::Done => RunState::Done,
+                    State::Stopped => RunState::Stopped,
+                    State::Diverged => RunState::Diverged(reason),
+                    State::Failed => RunState::Failed(reason),
                     // A run lock that names no living process: killed, or out of memory.
                     _ if self.dir.join(LOCK_FILE).exists() && !RunLock::holder_alive(&self.dir) => {
                         RunState::Failed("its process ended without a word (killed?); resume it".into())

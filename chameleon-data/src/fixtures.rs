@@ -29,6 +29,22 @@ pub fn write_png(path: &Path, seed: u8) -> Result<(), image::ImageError> {
 }
 
 /// `n` caption pairs in `dir`: `img<i>.png` and `pairs.jsonl` naming them with `caption(i)`.
+/// A valid 1×1 grey PNG whose header then declares `width`×`height` pixels (its CRC fixed):
+/// what a hostile file looks like to a decoder that trusts headers.
+pub fn png_declaring(width: u32, height: u32) -> Vec<u8> {
+    let mut png = Vec::new();
+    image::GrayImage::new(1, 1)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("PNG in memory");
+    // IHDR: after the 8-byte signature, its length (4) and type (4), width then height; its
+    // CRC covers type and data and follows the 13 data bytes.
+    png[16..20].copy_from_slice(&width.to_be_bytes());
+    png[20..24].copy_from_slice(&height.to_be_bytes());
+    let crc = crc32fast::hash(&png[12..29]);
+    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    png
+}
+
 pub fn write_caption_pairs(dir: &Path, n: u8, caption: impl Fn(u8) -> String) -> std::io::Result<PathBuf> {
     let mut lines = String::new();
     for i in 0..n {

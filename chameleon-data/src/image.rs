@@ -202,28 +202,11 @@ mod tests {
     fn huge_or_elongated_images_are_refused_before_the_resize_allocates() {
         let origin = Path::new("strip.png");
         // 10,000,000×1 aborted with a 30 GB allocation in the resize; the header alone says so.
-        let mut header_only = png_of(1, 1);
-        // IHDR's width is the 4 bytes after the 8-byte signature, length, and "IHDR"; its CRC
-        // follows the 13 bytes of data. Patch both.
-        header_only[16..20].copy_from_slice(&10_000_000u32.to_be_bytes());
-        let crc = crc32(&header_only[12..29]);
-        header_only[29..33].copy_from_slice(&crc.to_be_bytes());
+        let header_only = crate::fixtures::png_declaring(10_000_000, 1);
         let err = decode_image(&header_only, origin, 8).unwrap_err().to_string();
         assert!(err.contains("strip.png") && err.contains("larger than"), "{err}");
         let err = decode_image(&png_of(4000, 10), origin, 8).unwrap_err().to_string();
         assert!(err.contains("strip.png") && err.contains("elongated"), "{err}");
         assert_eq!(decode_image(&png_of(320, 10), origin, 8).unwrap().len(), 3 * 64);
-    }
-
-    /// The PNG chunk CRC (CRC-32, ISO-HDLC).
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = !0u32;
-        for &b in bytes {
-            crc ^= b as u32;
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-            }
-        }
-        !crc
     }
 }

@@ -64,13 +64,7 @@ fn a_seq_len_beyond_the_packer_is_refused() {
 #[test]
 fn an_image_that_declares_ten_million_pixels_a_row_is_refused_before_decoding() {
     let dir = tempfile::tempdir().unwrap();
-    // A valid 1x1 PNG whose header then claims 10,000,000 columns (about 29 KB of rows would
-    // follow in the real probe; the header is what matters).
-    let mut png = Vec::new();
-    image::GrayImage::new(1, 1).write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png).unwrap();
-    png[16..20].copy_from_slice(&10_000_000u32.to_be_bytes());
-    let crc = crc32(&png[12..29]);
-    png[29..33].copy_from_slice(&crc.to_be_bytes());
+    let png = chameleon_data::fixtures::png_declaring(10_000_000, 1);
     let path = dir.path().join("strip.png");
     std::fs::write(&path, &png).unwrap();
     let ck = fixture("vq", "plain_one_block");
@@ -85,18 +79,6 @@ fn an_image_that_declares_ten_million_pixels_a_row_is_refused_before_decoding() 
         arg(&dir.path().join("c.npy")),
     ]);
     assert_refused(&out, &["strip.png", "larger than"]);
-}
-
-/// The PNG chunk CRC (CRC-32, ISO-HDLC).
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
-        }
-    }
-    !crc
 }
 
 #[test]

@@ -172,6 +172,12 @@ fn a_bad_offset_is_blamed_on_its_own_tensor() {
         assert!(err.contains("`model.norm.weight`") && err.contains(says), "{err}");
         assert!(!err.contains("Io(") && !err.contains("InvalidOffset"), "{err}");
     }
+    // A shape whose element count overflows even 128 bits: an error, not a panic.
+    let dir = tempfile::tempdir().unwrap();
+    copy_fixture("prenorm_mha", dir.path());
+    let path = dir.path().join("model.safetensors");
+    edit_header(&path, |h| h["model.norm.weight"]["shape"] = serde_json::json!([u64::MAX, u64::MAX, u64::MAX]));
+    assert!(load_err(dir.path()).contains("model.safetensors"));
 }
 
 #[test]

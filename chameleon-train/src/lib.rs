@@ -13,7 +13,6 @@
 
 pub mod ablation;
 pub mod bench;
-pub mod checksums;
 mod config_file;
 pub mod data_parallel;
 pub mod experiment;

@@ -23,12 +23,12 @@ use chameleon_data::{Batch, Mixture, MixtureState, Modality, Prepared, VocabLayo
 use chameleon_model::{Chameleon, ChameleonConfig, log_sum_exp};
 use serde::{Deserialize, Serialize};
 
-use crate::checksums;
 use crate::data_parallel::{GradSync, Replicas, with_replicas};
 use crate::experiment::Experiment;
 use crate::optim::clip_global;
 use crate::run_lock::RunLock;
 use crate::speed::{Peak, mfu};
+use chameleon_model::checkpoint::checksums;
 
 pub use crate::run_dir::{CONFIG_FILE, METRICS_FILE, PROPORTIONS_FILE, STATUS_FILE, State, Status, read_status};
 

@@ -1,11 +1,2 @@
 #![no_main]
-#[path = "../../xtask/src/npy.rs"]
-#[allow(dead_code)]
-mod npy;
-#[path = "../../xtask/src/fuzz_targets.rs"]
-#[allow(dead_code)]
-mod fuzz_targets;
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    fuzz_targets::run("shard", data, fuzz_targets::scratch("shard"));
-});
+chameleon_fuzz::target!("shard");

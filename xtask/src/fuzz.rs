@@ -75,9 +75,9 @@ pub fn run(args: &FuzzArgs) -> Result<()> {
                 let path = dir.join(format!("seed-{i}"));
                 std::fs::write(&path, seed).with_context(|| format!("{}: cannot write", path.display()))?;
             }
-            let _ = std::fs::remove_file(dir.join("a.png"));
+            // What the seeds refer to is made again where the target runs (`scratch`).
             let _ = std::fs::remove_dir_all(dir.join("seed-st"));
-            for f in ["seed.npy", "seed.shard"] {
+            for f in ["a.png", "seed.npy", "seed.shard", "model-00001-of-00001.safetensors"] {
                 let _ = std::fs::remove_file(dir.join(f));
             }
         }

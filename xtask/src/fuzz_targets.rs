@@ -45,14 +45,14 @@ pub fn all() -> Vec<&'static str> {
 }
 
 /// A scratch folder for this process's target (libFuzzer runs one target a process), made on
-/// first use, holding the image the seeds refer to.
+/// first use, holding what the seeds refer to (an image, an index's shard).
 #[allow(dead_code)] // Used by the libFuzzer targets under fuzz/.
 pub fn scratch(target: &str) -> &'static Path {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("chameleon-fuzz-{}-{target}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temporary folder is writable");
-        std::fs::write(dir.join("a.png"), png_bytes()).expect("temporary folder is writable");
+        seeds(target, &dir);
         dir
     })
 }

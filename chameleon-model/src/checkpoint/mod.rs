@@ -4,6 +4,7 @@
 //! map is the `model.` prefix plus a transpose of every linear weight (burn stores `[in, out]`,
 //! PyTorch `[out, in]`). No pickle is ever read.
 
+pub mod checksums;
 mod error;
 mod hf;
 mod safetensors_files;

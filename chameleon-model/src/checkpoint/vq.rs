@@ -91,6 +91,7 @@ pub fn vq_config_json(c: &VqConfig) -> Value {
 pub fn load_vq_checkpoint(dir: &Path, decoder_file: Option<&Path>, device: &Device) -> Result<VqVae, CheckpointError> {
     let ours = dir.join(VQ_CONFIG_FILE);
     let (config, files, prefix) = if ours.is_file() {
+        super::checksums::verify(dir).map_err(|d| CheckpointError::invalid(&d.file, d.reason))?;
         let json = read_json(&ours)?;
         let config = parse_vq_config(&json, &ours)?;
         (config, SafetensorsFiles::open_file(&dir.join(VQ_WEIGHTS_FILE))?, "")
@@ -169,7 +170,8 @@ pub fn save_vq_checkpoint(model: &VqVae, dir: &Path) -> Result<(), CheckpointErr
     std::fs::rename(tmp_dir.join(super::SINGLE_FILE), &weights).map_err(|e| CheckpointError::io(&weights, e))?;
     let _ = std::fs::remove_dir(&tmp_dir);
     let text = serde_json::to_string_pretty(&vq_config_json(&model.config)).expect("JSON");
-    write_atomic(&dir.join(VQ_CONFIG_FILE), |tmp| std::fs::write(tmp, &text))
+    write_atomic(&dir.join(VQ_CONFIG_FILE), |tmp| std::fs::write(tmp, &text))?;
+    super::checksums::write(dir).map_err(|m| CheckpointError::invalid(dir, m))
 }
 
 /// Every tensor of a tokenizer under HF's names (`model.vqmodel.*`), for an HF checkpoint's
@@ -273,5 +275,33 @@ impl ModuleVisitor for Collector {
         let shape = t.dims().to_vec();
         let values = t.into_data().try_to_vec::<f32>().expect("f32 weights");
         self.out.push(NamedTensor { name: torch_name(&self.path), shape, values });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_damaged_tokenizer_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = Device::flex();
+        let config = VqConfig::new()
+            .with_resolution(8)
+            .with_base_channels(32)
+            .with_channel_multiplier(vec![1, 1])
+            .with_num_res_blocks(1)
+            .with_latent_channels(32)
+            .with_embed_dim(8)
+            .with_num_embeddings(16);
+        save_vq_checkpoint(&config.init(&device), dir.path()).unwrap();
+        assert!(load_vq_checkpoint(dir.path(), None, &device).is_ok());
+        let weights = dir.path().join(VQ_WEIGHTS_FILE);
+        let mut bytes = std::fs::read(&weights).unwrap();
+        let at = bytes.len() - 10;
+        bytes[at] ^= 0x40;
+        std::fs::write(&weights, &bytes).unwrap();
+        let err = load_vq_checkpoint(dir.path(), None, &device).unwrap_err().to_string();
+        assert!(err.contains(VQ_WEIGHTS_FILE) && err.contains("CRC-32"), "{err}");
     }
 }

@@ -1,5 +1,6 @@
-//! Checksums of a checkpoint directory's files: written last, before the directory is renamed
-//! into place, and checked before any of its files is trusted. A flipped bit or a truncated file
+//! Checksums of a checkpoint directory's files (a training checkpoint, a tokenizer): written
+//! last, before the directory is renamed into place, and checked before any of its files is
+//! trusted. A flipped bit or a truncated file
 //! is found by name instead of being trained on.
 
 use std::collections::BTreeMap;

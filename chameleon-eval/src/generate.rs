@@ -60,6 +60,20 @@ impl Sampling {
     pub fn greedy() -> Self {
         Self { greedy: true, ..Self::image() }
     }
+
+    /// Checks the values; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(format!("temperature = {} must be 0 or more", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top_p = {} must lie in (0, 1]", self.top_p));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return Err(format!("repetition_penalty = {} must be positive", self.repetition_penalty));
+        }
+        Ok(())
+    }
 }
 
 /// Classifier-free guidance scales for images (official defaults: image 1.2, text 3.0).
@@ -92,6 +106,30 @@ pub struct GenerateConfig {
     pub seed: u64,
     /// Decode with the KV cache (false: recompute every position at every step; for tests).
     pub use_cache: bool,
+}
+
+impl GenerateConfig {
+    /// Checks the sampling values and the guidance scales, and that `layout` has the tokens
+    /// this mode emits: bos and eos always; the image-block tokens and a codebook where images
+    /// may be generated (an HF checkpoint's vocabulary may lack them). [`generate`] panics on a
+    /// config that does not pass; call this first on user input.
+    pub fn validate(&self, layout: &VocabLayout) -> Result<(), String> {
+        use chameleon_model::vocab::names;
+        self.text.validate().map_err(|m| format!("text sampling: {m}"))?;
+        self.image.validate().map_err(|m| format!("image sampling: {m}"))?;
+        if let Some(g) = self.guidance
+            && !(g.image_scale.is_finite() && g.text_scale.is_finite())
+        {
+            return Err(format!("guidance scales {} and {} must be finite", g.image_scale, g.text_scale));
+        }
+        let feature = format!("generation in {:?} mode", self.mode).to_lowercase();
+        layout.require_special(&[names::BOS, names::EOS], &feature)?;
+        if self.mode != Mode::Text {
+            layout.require_special(&[names::BEGIN_IMAGE, names::END_IMAGE], &feature)?;
+            layout.require_images(&feature)?;
+        }
+        Ok(())
+    }
 }
 
 /// What happens as tokens are generated, in order; `row` is the prompt's index.
@@ -164,7 +202,7 @@ struct Row {
 
 /// Generates a continuation of every prompt. Returns each prompt's new tokens (in the unified
 /// vocabulary; images as begin-image, codes' token ids, end-image) and reports them through
-/// `on_event` as they come.
+/// `on_event` as they come. Panics on a config that [`GenerateConfig::validate`] refuses.
 pub fn generate(
     model: &Chameleon,
     layout: &VocabLayout,
@@ -173,6 +211,9 @@ pub fn generate(
     device: &Device,
     on_event: &mut dyn FnMut(Event),
 ) -> Vec<Vec<u32>> {
+    if let Err(e) = config.validate(layout) {
+        panic!("invalid GenerateConfig: {e} (check it with GenerateConfig::validate first)");
+    }
     let mut out = vec![Vec::new(); prompts.len()];
     // Equal lengths decode together.
     let mut lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
@@ -406,6 +447,30 @@ mod tests {
             seed: 3,
             use_cache: true,
         }
+    }
+
+    #[test]
+    fn a_config_with_bad_sampling_or_a_vocabulary_without_image_tokens_is_refused() {
+        let layout = VocabLayout::contiguous(CODES, 40);
+        assert!(config(Mode::Interleaved).validate(&layout).is_ok());
+        let mut bad = config(Mode::Text);
+        bad.text.top_p = 1.5;
+        assert!(bad.validate(&layout).unwrap_err().contains("text sampling: top_p = 1.5"));
+        bad = config(Mode::Image);
+        bad.image.temperature = f64::NAN;
+        assert!(bad.validate(&layout).unwrap_err().contains("image sampling: temperature"));
+        bad = GenerateConfig {
+            guidance: Some(Guidance { image_scale: f64::INFINITY, text_scale: 3.0 }),
+            ..config(Mode::Image)
+        };
+        assert!(bad.validate(&layout).unwrap_err().contains("guidance"));
+        // A vocabulary without image-block tokens generates text, and refuses images by name.
+        let mut map = layout.to_vocabulary_map();
+        map.remove(chameleon_model::vocab::names::BEGIN_IMAGE);
+        let text_only = VocabLayout::from_vocabulary_map(&map, layout.vocab_size()).unwrap();
+        assert!(config(Mode::Text).validate(&text_only).is_ok());
+        let err = config(Mode::Image).validate(&text_only).unwrap_err();
+        assert!(err.contains("<racm3:break>") && err.contains("image mode"), "{err}");
     }
 
     fn prompts(layout: &VocabLayout) -> Vec<Vec<u32>> {

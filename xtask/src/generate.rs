@@ -119,28 +119,16 @@ pub fn run(args: &GenerateArgs, device: &Device) -> Result<()> {
         }
         (None, None) => bail!("give --run RUN or --checkpoint DIR"),
     };
-    // An HF checkpoint's vocabulary_map may lack tokens that only some features use.
-    let layout = loaded.text.layout();
-    let feature = format!("generation in --mode {:?}", args.mode).to_lowercase();
-    layout.require_special(&[names::BOS, names::EOS], &feature).map_err(|m| anyhow!(m))?;
-    if !matches!(args.mode, ModeArg::Text) || !args.images.is_empty() {
-        layout.require_special(&[names::BEGIN_IMAGE, names::END_IMAGE], &feature).map_err(|m| anyhow!(m))?;
-        layout.require_images(&feature).map_err(|m| anyhow!(m))?;
+    // An HF checkpoint's vocabulary_map may lack what a prompt's images need (what generation
+    // needs, GenerateConfig::validate checks).
+    if !args.images.is_empty() {
+        let layout = loaded.text.layout();
+        let feature = "a prompt with --image";
+        layout.require_special(&[names::BEGIN_IMAGE, names::END_IMAGE], feature).map_err(|m| anyhow!(m))?;
+        layout.require_images(feature).map_err(|m| anyhow!(m))?;
     }
     let prompt = prompt_tokens(args, &loaded, device)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("{}: cannot create", args.out.display()))?;
-    if !(args.temperature.is_finite() && args.temperature >= 0.0) {
-        bail!("--temperature {} must be 0 or more", args.temperature);
-    }
-    if !(args.top_p > 0.0 && args.top_p <= 1.0) {
-        bail!("--top-p {} must lie in (0, 1]", args.top_p);
-    }
-    if !(args.repetition_penalty.is_finite() && args.repetition_penalty > 0.0) {
-        bail!("--repetition-penalty {} must be positive", args.repetition_penalty);
-    }
-    if !(args.cfg_image.is_finite() && args.cfg_text.is_finite()) {
-        bail!("--cfg-image and --cfg-text must be finite");
-    }
     let sampling = Sampling {
         temperature: args.temperature,
         top_p: args.top_p,
@@ -189,6 +177,7 @@ pub fn run(args: &GenerateArgs, device: &Device) -> Result<()> {
         use_cache: true,
     };
     let layout = loaded.text.layout().clone();
+    config.validate(&layout).map_err(|m| anyhow!("{m}"))?;
     // The current text run's ids and what of it is printed. Each run is decoded whole, so pieces
     // that join (byte pieces of one character, spaces) come out right; a character still missing
     // bytes (U+FFFD at the end) is held back until it completes.

@@ -156,6 +156,7 @@ fn answer_all(
             seed: args.seed.wrapping_add(i as u64),
             use_cache: true,
         };
+        config.validate(&layout).map_err(|m| anyhow::anyhow!("{m}"))?;
         let out = dir.join(format!("{i:03}"));
         std::fs::create_dir_all(&out).with_context(|| format!("{}: cannot create", out.display()))?;
         let (mut text, mut answer, mut images) = (Vec::new(), Vec::new(), Vec::new());

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config_file::{ConfigError, read_table};
 use crate::experiment::Experiment;
-use crate::run_dir::{CONFIG_FILE, METRICS_FILE, STATUS_FILE, State, Status};
+use crate::run_dir::{CONFIG_FILE, METRICS_FILE, STATUS_FILE, State, Status, read_status};
 use crate::trainer::{RunOptions, TrainError, resolve, train};
 
 /// The grid's index, written into the grid directory (the monitor reads it to list queued runs).
@@ -535,18 +535,13 @@ fn prior(run_dir: &Path, exp: &Experiment, prepared: &Prepared) -> Result<Prior,
                 .into(),
         });
     }
-    let status: Option<Status> =
-        std::fs::read_to_string(run_dir.join(STATUS_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
-    if let Some(s) = status.filter(|s| s.state.ended()) {
+    if let Some(s) = read_status(run_dir).filter(|s| s.state.ended()) {
         return Ok(Prior::Finished(s));
     }
     if crate::trainer::has_checkpoint(run_dir) {
         return Ok(Prior::Resume);
     }
-    // Died (or failed) before its first checkpoint: start over.
-    for f in [METRICS_FILE, STATUS_FILE] {
-        let _ = std::fs::remove_file(run_dir.join(f));
-    }
+    // Died (or failed) before its first checkpoint: `train` starts it over.
     Ok(Prior::Fresh)
 }
 

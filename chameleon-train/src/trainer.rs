@@ -505,7 +505,6 @@ fn train_locked(
             ),
         ));
     }
-    std::fs::create_dir_all(run).map_err(|e| err(run, e))?;
     let layout = prepared.tokenizer().map_err(|e| err(&prepared.dir, e))?.layout().clone();
     let resolved = resolve(exp, prepared, run)?;
     let config: ChameleonConfig = resolved.model.clone();

@@ -11,7 +11,7 @@ use burn::tensor::Device;
 use chameleon_eval::ablation::summary;
 use chameleon_train::ablation::{Grid, GridRun, InProcess, Launcher, run_grid};
 use chameleon_train::monitor::{self, Watch};
-use chameleon_train::run_dir::{STATUS_FILE, State, Status};
+use chameleon_train::run_dir::{State, Status, read_status};
 use chameleon_train::speed::Peak;
 use chameleon_train::trainer::{RunOptions, TrainError, train};
 
@@ -153,11 +153,7 @@ impl Launcher for Workers {
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
         };
-        let status: Option<Status> = std::fs::read_to_string(run_dir.join(STATUS_FILE))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .filter(|s: &Status| s.state != State::Running);
-        match status {
+        match read_status(&run_dir).filter(|s| s.state != State::Running) {
             Some(s) if exit.success() => Ok(s),
             _ => {
                 let log = self.log.as_ref().map_or_else(|| "above".to_string(), |l| format!("in {}", l.display()));

@@ -88,19 +88,9 @@ pub fn run(target: &str, data: &[u8], dir: &Path) -> bool {
     };
     let options = SourceOptions::default();
     match target {
-        "safetensors" => SafetensorsFiles::open_file(&path).is_ok_and(|files| {
-            files.names().iter().all(|n| {
-                let shape = files.shape(n).map(<[usize]>::to_vec).unwrap_or_default();
-                files.read_f32(n, &shape).is_ok()
-            })
-        }),
+        "safetensors" => SafetensorsFiles::open_file(&path).is_ok_and(|files| reads_every_tensor(&files)),
         // The index of a sharded checkpoint, beside the one shard its seed names.
-        "hf-index" => SafetensorsFiles::open_dir(dir).is_ok_and(|files| {
-            files.names().iter().all(|n| {
-                let shape = files.shape(n).map(<[usize]>::to_vec).unwrap_or_default();
-                files.read_f32(n, &shape).is_ok()
-            })
-        }),
+        "hf-index" => SafetensorsFiles::open_dir(dir).is_ok_and(|files| reads_every_tensor(&files)),
         // Decoded within the size limits and preprocessed to 16×16.
         "image" => chameleon_data::image::decode_image(data, &path, 16).is_ok(),
         "experiment" => chameleon_train::experiment::Experiment::load(&path).is_ok(),
@@ -122,6 +112,14 @@ pub fn run(target: &str, data: &[u8], dir: &Path) -> bool {
         "tar" => read_all(SourceFormat::WebDataset, &options),
         other => panic!("unknown fuzz target {other:?}"),
     }
+}
+
+/// Whether every tensor of `files` reads back, at its stored shape.
+fn reads_every_tensor(files: &SafetensorsFiles) -> bool {
+    files.names().iter().all(|n| {
+        let shape = files.shape(n).map(<[usize]>::to_vec).unwrap_or_default();
+        files.read_f32(n, &shape).is_ok()
+    })
 }
 
 /// Valid inputs of `target`, made with this toolkit's writers; `dir` receives what they refer

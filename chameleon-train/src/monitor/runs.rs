@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::ablation::{GRID_FILE, GridRun, Switches};
 use crate::experiment::Experiment;
-use crate::run_dir::{CONFIG_FILE, METRICS_FILE, STATUS_FILE, State, Status};
+use crate::run_dir::{CONFIG_FILE, METRICS_FILE, STATUS_FILE, State, read_status};
 use crate::run_lock::{LOCK_FILE, RunLock};
 
 /// The metrics the chart can show.
@@ -227,9 +227,7 @@ impl RunView {
             }
         }
         self.read_metrics();
-        let status: Option<Status> =
-            std::fs::read_to_string(self.dir.join(STATUS_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
-        self.state = match status {
+        self.state = match read_status(&self.dir) {
             None if self.points.is_empty() => RunState::Queued,
             None => RunState::Running,
             Some(s) => {

@@ -111,23 +111,19 @@ pub fn load_checkpoint(
         .vocab
         .with_context(|| format!("{}: config.json has no vocabulary_map", dir.join("config.json").display()))?;
     // A run exported by `cargo xtask export` carries this toolkit's own tokenizer files.
-    if tokenizer.is_none() && dir.join(VOCAB_FILE).is_file() && dir.join(MODEL_FILE).is_file() {
+    let text = if tokenizer.is_none() && dir.join(VOCAB_FILE).is_file() && dir.join(MODEL_FILE).is_file() {
         let text = TextTokenizer::load(dir)?;
         if text.layout() != &layout {
             bail!("{}: describes another vocabulary than config.json's vocabulary_map", dir.join(VOCAB_FILE).display());
         }
-        let vq = if hf.hf_config.get("vq_config").is_some() {
-            Some(load_vq_checkpoint(dir, decoder, device)?)
-        } else {
-            None
-        };
-        return Ok(Loaded { model: hf.model, text: Text::Ours(text), vq, run: None });
-    }
-    let tok_path = tokenizer.map_or_else(|| dir.join("tokenizer.json"), Path::to_path_buf);
-    if !tok_path.is_file() {
-        bail!("{}: no tokenizer.json; pass --tokenizer FILE (the checkpoint's HF tokenizer)", tok_path.display());
-    }
-    let text = Text::Hf(Box::new(HfTokenizer::load(&tok_path, layout)?));
+        Text::Ours(text)
+    } else {
+        let tok_path = tokenizer.map_or_else(|| dir.join("tokenizer.json"), Path::to_path_buf);
+        if !tok_path.is_file() {
+            bail!("{}: no tokenizer.json; pass --tokenizer FILE (the checkpoint's HF tokenizer)", tok_path.display());
+        }
+        Text::Hf(Box::new(HfTokenizer::load(&tok_path, layout)?))
+    };
     let vq =
         if hf.hf_config.get("vq_config").is_some() { Some(load_vq_checkpoint(dir, decoder, device)?) } else { None };
     Ok(Loaded { model: hf.model, text, vq, run: None })
